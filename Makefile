@@ -1,0 +1,55 @@
+# detzoo developer commands. Everything runs in ./.venv, created on first use.
+#   make install     venv + torch + detzoo (editable, with the compiled ops); quick when nothing changed
+#   make test        install, then the test suite (excludes tests marked slow)
+#   make test-slow   the long end-to-end tests
+#   make build-cuda  compile the CUDA kernels (FORCE_CUDA=1) into build/cuda to prove they build
+#   make benchmark   op timings against torchvision
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
+CSRC := $(shell find csrc -type f 2>/dev/null)
+# pycocotools etc. compile against numpy; torch's CUDA headers need the cuBLAS/cuSPARSE headers
+# that come with torch's pip dependencies.
+NV_INCLUDE = $(shell $(PY) -c "import os, nvidia; p=os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'); print(p if os.path.isdir(p) else '')" 2>/dev/null)
+
+.PHONY: install test test-slow build-cuda benchmark clean
+
+$(VENV)/.stamp-venv:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=64" wheel
+	touch $@
+
+$(VENV)/.stamp-torch: $(VENV)/.stamp-venv
+	$(PIP) install -q $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.stamp-deps: $(VENV)/.stamp-torch setup.py pyproject.toml
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	touch $@
+
+# Rebuilds only the changed sources (ninja) when csrc/ changes.
+$(VENV)/.stamp-ext: $(VENV)/.stamp-deps $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+install: $(VENV)/.stamp-ext
+
+test: install
+	$(PY) -m pytest -q -ra tests
+
+test-slow: install
+	$(PY) -m pytest -q -ra -m slow tests
+
+build-cuda: install
+	CPATH="$(NV_INCLUDE)$${CPATH:+:$$CPATH}" FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-9.0}" \
+	  MAX_JOBS=2 $(PY) setup.py build_ext --build-lib build/cuda/lib --build-temp build/cuda/tmp
+	@echo "CUDA build OK: $$(ls build/cuda/lib/detzoo/_C*.so)"
+
+benchmark: install
+	$(PY) tools/benchmark.py --task ops
+
+clean:
+	rm -rf build detzoo/_C*.so $(VENV)/.stamp-ext
