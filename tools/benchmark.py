@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""detzoo benchmarks: each task times detzoo against a peer measured in the same run.
+
+    python tools/benchmark.py --task ops [--filter roi_align] [--threads 2] [--repeat 5]
+
+Every run first prints the CPU model and its avx512 / amx flags: compare the ratios printed in
+one run, never absolute times taken on different machines.
+
+Task `ops`: every module `tools/bench/ops_*.py` provides `cases()`, a list of
+`Case(name, ours, peer, peer_name)` (zero-argument callables; inputs built beforehand). Each is
+warmed up once, then timed `--repeat` times; the median is reported with the ratio
+peer / ours (> 1 means detzoo is faster).
+"""
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import namedtuple
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+Case = namedtuple("Case", ["name", "ours", "peer", "peer_name"])
+
+
+def cpu_report():
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+    bf16 = "yes" if {"amx_bf16", "avx512_bf16"} & flags else "no"
+    return (f"CPU: {model}; {os.cpu_count()} logical cores; flags: {' '.join(wanted) or 'none'}; "
+            f"bf16 hardware: {bf16}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def time_fn(fn, repeat):
+    fn()  # warm-up (first-call allocation, lazy init)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def load_cases(prefix, name_filter):
+    bench_dir = os.path.join(HERE, "bench")
+    cases = []
+    for fname in sorted(os.listdir(bench_dir)):
+        if not (fname.startswith(prefix) and fname.endswith(".py")):
+            continue
+        spec = importlib.util.spec_from_file_location(fname[:-3], os.path.join(bench_dir, fname))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[fname[:-3]] = module
+        spec.loader.exec_module(module)
+        cases += [c for c in module.cases(Case) if name_filter is None or name_filter in c.name]
+    return cases
+
+
+def run_ops(args):
+    cases = load_cases("ops_", args.filter)
+    if not cases:
+        print("no op benchmark matched")
+        return 1
+    rows = []
+    for case in cases:
+        with torch.no_grad() if not case.name.endswith("backward") else torch.enable_grad():
+            ours = time_fn(case.ours, args.repeat)
+            peer = time_fn(case.peer, args.repeat)
+        rows.append((case.name, ours, peer, case.peer_name, peer / ours))
+        print(f"{case.name:<58s} detzoo {ours * 1e3:9.2f} ms   {case.peer_name} {peer * 1e3:9.2f} ms   "
+              f"ratio {peer / ours:5.2f}x", flush=True)
+    slower = [r[0] for r in rows if r[4] < 1.0]
+    print(f"{len(rows)} cases; detzoo slower than the peer in {len(slower)}" + (f": {', '.join(slower)}" if slower else ""))
+    return 0
+
+
+TASKS = {"ops": run_ops}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=sorted(TASKS), required=True)
+    ap.add_argument("--filter", help="only cases whose name contains this string")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(cpu_report(), flush=True)
+    return TASKS[args.task](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
