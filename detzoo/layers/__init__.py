@@ -2,3 +2,9 @@
 small modules (convs, norms, losses) that models are made of. Nothing here imports
 detzoo.structures."""
 # Each module adds its public names below (one import line per module).
+from .wrappers import BatchNorm2d, Conv2d, ConvTranspose2d, Linear, cat, cross_entropy, empty_input_loss_func_wrapper, interpolate, move_device_like, nonzero_tuple, shapes_to_tensor  # noqa: E501
+from .batch_norm import CycleBatchNormList, FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, get_norm
+from .shape_spec import ShapeSpec
+from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
+from .mask_ops import paste_masks_in_image
+from .losses import ciou_loss, diou_loss, giou_loss, smooth_l1_loss
