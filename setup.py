@@ -50,6 +50,7 @@ def _has_ninja():
 def _make_extension(torch, cpp_extension, with_cuda):
     csrc = os.path.join(HERE, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "**", "*.cpp"), recursive=True))
+    sources = [s for s in sources if not s.startswith(os.path.join(csrc, "cocoeval", ""))]  # own module
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "**", "*.cu"), recursive=True))
     define_macros = [("DETZOO_TORCH_VERSION", '"{}"'.format(torch.__version__.split("+")[0]))]
     extra_compile_args = {"cxx": ["-O3"]}  # torch adds the C++ standard it needs
@@ -69,8 +70,38 @@ def _make_extension(torch, cpp_extension, with_cuda):
                    extra_compile_args=extra_compile_args, extra_link_args=extra_link_args)
 
 
+def _cocoeval_extension():
+    """detzoo._cocoeval, the C++ COCO evaluation: a plain CPython module (neither torch nor numpy
+    headers) with its own flags; -ffp-contract=off keeps IoUs bit-equal to pycocotools'."""
+    from setuptools import Extension
+    args = ["-O3", "-std=c++17", "-ffp-contract=off", "-pthread"]
+    return Extension("detzoo._cocoeval", ["csrc/cocoeval/cocoeval.cpp"], include_dirs=["csrc"],
+                     extra_compile_args=args, extra_link_args=["-pthread"], language="c++")
+
+
+def _toolkit_with_runtime():
+    """A CUDA toolkit folder holding both bin/nvcc and the runtime library, or None.
+
+    torch guesses CUDA_HOME from the nvcc on PATH; when that nvcc is a wrapper in
+    /usr/local/bin the guess (/usr/local) has no lib64/libcudart and linking fails.
+    """
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in candidates:
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")) and \
+                glob.glob(os.path.join(home, "lib*", "libcudart*")):
+            return home
+    return None
+
+
 def get_extensions():
-    """The detzoo._C extension and the build_ext command that compiles it."""
+    """The extensions (detzoo._C, detzoo._cocoeval) and the build_ext command that compiles them."""
+    if os.environ.get("FORCE_CUDA", "0") == "1" and not os.environ.get("CUDA_HOME"):
+        home = _toolkit_with_runtime()
+        if home:
+            os.environ["CUDA_HOME"] = home
     try:
         import torch
         from torch.utils import cpp_extension
@@ -88,7 +119,8 @@ def get_extensions():
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;8.6;8.9;9.0+PTX"
     build_cmd = cpp_extension.BuildExtension.with_options(use_ninja=_has_ninja())
-    return [_make_extension(torch, cpp_extension, with_cuda)], {"build_ext": build_cmd}
+    extensions = [_make_extension(torch, cpp_extension, with_cuda), _cocoeval_extension()]
+    return extensions, {"build_ext": build_cmd}
 
 
 def _read(path):

@@ -8,3 +8,8 @@ from .shape_spec import ShapeSpec
 from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
 from .mask_ops import paste_masks_in_image
 from .losses import ciou_loss, diou_loss, giou_loss, smooth_l1_loss
+from .nms import batched_nms, batched_nms_rotated, nms, nms_rotated
+from .rotated_boxes import pairwise_iou_rotated
+from .deform_conv import DeformConv, ModulatedDeformConv, deform_conv, modulated_deform_conv
+from .roi_align import ROIAlign, roi_align
+from .roi_align_rotated import ROIAlignRotated, roi_align_rotated

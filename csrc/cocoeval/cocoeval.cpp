@@ -1,0 +1,1454 @@
+// detzoo._cocoeval: pycocotools' COCOeval.evaluate() / accumulate() in C++ (see cocoeval.h).
+//
+// Part 1 is plain C++: masks, IoU / OKS, per-(category, image) matching, precision tables.
+// Part 2 reads the annotation dicts and exposes the module to Python.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "cocoeval/cocoeval.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace detzoo {
+namespace cocoeval {
+namespace {
+
+// Runs fn(begin, end) over [0, n) in chunks of `grain` on up to `num_threads` threads (the
+// caller's thread included). The first exception thrown by a chunk is rethrown here.
+template <typename Fn>
+void parallel_for(int64_t n, int64_t grain, int num_threads, const Fn& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t num_chunks = (n + grain - 1) / grain;
+  const int64_t workers = std::min<int64_t>(std::max(num_threads, 1), num_chunks);
+  if (workers == 1) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next_chunk{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&]() {
+    try {
+      for (int64_t c = next_chunk++; c < num_chunks; c = next_chunk++) {
+        fn(c * grain, std::min(n, (c + 1) * grain));
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next_chunk = num_chunks;
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(workers - 1);
+  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// numpy's np.spacing(1): pycocotools adds it to OKS areas and precision denominators.
+constexpr double kEps = std::numeric_limits<double>::epsilon();
+
+// Descending score, NaN last, as numpy's stable argsort of -score orders them.
+inline bool higher_score(double a, double b) {
+  if (std::isnan(b)) return !std::isnan(a);
+  return a > b;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Masks
+
+// Counts of a compressed RLE string. pycocotools' format: each count is a little-endian series
+// of 5-bit groups in characters offset by '0'; 0x20 flags that more characters follow and 0x10
+// on the last one makes the value negative. From the third count on, the stored value is the
+// difference to the count two places before.
+std::vector<uint32_t> counts_from_string(const char* text, int64_t size) {
+  std::vector<uint32_t> counts;
+  counts.reserve(static_cast<size_t>(size));
+  int64_t p = 0;
+  while (p < size && text[p] != '\0') {
+    int64_t value = 0;
+    int shift = 0;
+    bool more = true;
+    while (more && p < size && text[p] != '\0') {
+      const int64_t c = static_cast<int64_t>(text[p]) - 48;
+      if (shift < 60) value |= (c & 0x1f) << shift;
+      more = (c & 0x20) != 0;
+      ++p;
+      shift += 5;
+      if (!more && (c & 0x10) && shift < 63) value |= ~((int64_t{1} << shift) - 1);
+    }
+    if (counts.size() > 2) value += counts[counts.size() - 2];
+    counts.push_back(static_cast<uint32_t>(value));
+  }
+  return counts;
+}
+
+// The box pycocotools' rleToBbox derives from run lengths, with its unsigned arithmetic: the
+// pixel columns and rows touched by the foreground runs, full height when a run wraps to the
+// next column. It only serves the overlap pre-check of mask IoU.
+std::array<double, 4> box_from_counts(const uint32_t* counts, size_t n, uint32_t height,
+                                      uint32_t width) {
+  const size_t m = n / 2 * 2;
+  if (m == 0 || height == 0) return {0, 0, 0, 0};
+  uint32_t x_min = width, y_min = height, x_max = 0, y_max = 0, position = 0, run_column = 0;
+  for (size_t j = 0; j < m; ++j) {
+    position += counts[j];
+    const bool run_end = (j & 1) != 0;
+    const uint32_t pixel = position - (run_end ? 1u : 0u);  // first or last pixel of a run
+    const uint32_t y = pixel % height;
+    const uint32_t x = (pixel - y) / height;
+    if (!run_end) {
+      run_column = x;
+    } else if (run_column < x) {
+      y_min = 0;
+      y_max = height - 1;
+    }
+    x_min = std::min(x_min, x);
+    x_max = std::max(x_max, x);
+    y_min = std::min(y_min, y);
+    y_max = std::max(y_max, y);
+  }
+  return {static_cast<double>(x_min), static_cast<double>(y_min),
+          static_cast<double>(x_max - x_min + 1), static_cast<double>(y_max - y_min + 1)};
+}
+
+Mask mask_from_counts(const uint32_t* counts, size_t n, int64_t height, int64_t width) {
+  Mask mask;
+  mask.height = height;
+  mask.width = width;
+  uint32_t position = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t next = position + counts[j];
+    if ((j & 1) && counts[j] > 0) {
+      mask.runs.push_back(position);
+      mask.runs.push_back(next);
+      mask.area += counts[j];
+    }
+    position = next;
+  }
+  mask.box = box_from_counts(counts, n, static_cast<uint32_t>(height), static_cast<uint32_t>(width));
+  return mask;
+}
+
+// Appends the outline of the edge (x0, y0) -> (x1, y1) on the upsampled grid, one point per
+// step along its longer axis, from (x0, y0) to (x1, y1). pycocotools steps from the lower end
+// and rounds the other coordinate there, so we do the same to land on the same points.
+void trace_edge(int x0, int y0, int x1, int y1, std::vector<int>* xs, std::vector<int>* ys) {
+  const int dx = std::abs(x1 - x0), dy = std::abs(y1 - y0);
+  const bool along_x = dx >= dy;
+  const bool reversed = along_x ? x0 > x1 : y0 > y1;
+  if (reversed) {
+    std::swap(x0, x1);
+    std::swap(y0, y1);
+  }
+  if (dx == 0 && dy == 0) {
+    // A repeated vertex. Its neighbours on the outline share its column, so its row is never
+    // read (pycocotools computes it as 0/0 here).
+    xs->push_back(x0);
+    ys->push_back(y0);
+    return;
+  }
+  const int steps = along_x ? dx : dy;
+  const double slope = along_x ? static_cast<double>(y1 - y0) / dx
+                               : static_cast<double>(x1 - x0) / dy;
+  for (int d = 0; d <= steps; ++d) {
+    const int t = reversed ? steps - d : d;
+    if (along_x) {
+      xs->push_back(x0 + t);
+      ys->push_back(static_cast<int>(y0 + slope * t + .5));
+    } else {
+      ys->push_back(y0 + t);
+      xs->push_back(static_cast<int>(x0 + slope * t + .5));
+    }
+  }
+}
+
+// Run-length counts of one polygon with pycocotools' rasteriser (rleFrPoly): the outline is
+// traced on a grid 5x finer than the pixels; where it crosses the centre line of a pixel column
+// it toggles the mask at the first pixel centre below it. Two toggles on one pixel cancel.
+std::vector<uint32_t> polygon_counts(const double* xy, int64_t num_points, int64_t height,
+                                     int64_t width) {
+  constexpr double kScale = 5;
+  std::vector<uint32_t> toggles;
+  if (num_points > 0) {
+    std::vector<int> corner_x(num_points + 1), corner_y(num_points + 1);
+    for (int64_t j = 0; j < num_points; ++j) {
+      corner_x[j] = static_cast<int>(kScale * xy[2 * j] + .5);
+      corner_y[j] = static_cast<int>(kScale * xy[2 * j + 1] + .5);
+    }
+    corner_x[num_points] = corner_x[0];
+    corner_y[num_points] = corner_y[0];
+    std::vector<int> xs, ys;
+    for (int64_t j = 0; j < num_points; ++j) {
+      trace_edge(corner_x[j], corner_y[j], corner_x[j + 1], corner_y[j + 1], &xs, &ys);
+    }
+    for (size_t j = 1; j < xs.size(); ++j) {
+      if (xs[j] == xs[j - 1]) continue;
+      double column = static_cast<double>(xs[j] < xs[j - 1] ? xs[j] : xs[j] - 1);
+      column = (column + .5) / kScale - .5;
+      if (std::floor(column) != column || column < 0 || column > static_cast<double>(width - 1)) {
+        continue;  // not a pixel centre, or outside the image
+      }
+      double row = static_cast<double>(std::min(ys[j], ys[j - 1]));
+      row = (row + .5) / kScale - .5;
+      if (row < 0) {
+        row = 0;
+      } else if (row > static_cast<double>(height)) {
+        row = static_cast<double>(height);
+      }
+      row = std::ceil(row);
+      toggles.push_back(static_cast<uint32_t>(static_cast<int>(column) * static_cast<int>(height) +
+                                              static_cast<int>(row)));
+    }
+  }
+  toggles.push_back(static_cast<uint32_t>(height * width));
+  std::sort(toggles.begin(), toggles.end());
+  std::vector<uint32_t> counts;
+  counts.reserve(toggles.size());
+  uint32_t previous = 0;
+  bool merge_next = false;
+  for (size_t j = 0; j < toggles.size(); ++j) {
+    const uint32_t gap = toggles[j] - previous;
+    previous = toggles[j];
+    if (j == 0) {
+      counts.push_back(gap);
+    } else if (merge_next) {
+      counts.back() += gap;
+      merge_next = false;
+    } else if (gap > 0) {
+      counts.push_back(gap);
+    } else {
+      merge_next = true;  // a toggle repeated on one pixel: drop both
+    }
+  }
+  return counts;
+}
+
+// Union of foreground runs (pycocotools merges the parts of a multi-polygon object), then the
+// canonical counts of the union: no empty run but possibly the first.
+std::vector<uint32_t> union_counts(std::vector<std::pair<uint32_t, uint32_t>> runs, int64_t height,
+                                   int64_t width) {
+  std::sort(runs.begin(), runs.end());
+  std::vector<uint32_t> counts;
+  uint32_t position = 0;
+  size_t j = 0;
+  while (j < runs.size()) {
+    uint32_t start = runs[j].first, end = runs[j].second;
+    for (++j; j < runs.size() && runs[j].first <= end; ++j) end = std::max(end, runs[j].second);
+    counts.push_back(start - position);
+    counts.push_back(end - start);
+    position = end;
+  }
+  const uint32_t total = static_cast<uint32_t>(height * width);
+  if (counts.empty() || position < total) counts.push_back(total - position);
+  return counts;
+}
+
+Mask polygons_mask(const Annotations& a, const MaskSource& source) {
+  std::vector<std::vector<uint32_t>> parts;
+  std::vector<double> box_corners;
+  for (int64_t p = source.begin; p < source.end; ++p) {
+    const double* xy = a.polygon_coords.data() + a.polygon_offsets[p];
+    int64_t num_points = (a.polygon_offsets[p + 1] - a.polygon_offsets[p]) / 2;
+    if (source.format == MaskFormat::kBoxes) {
+      // pycocotools' rleFrBbox: the box's 4 corners as a polygon
+      const double x0 = xy[0], y0 = xy[1], x1 = x0 + xy[2], y1 = y0 + xy[3];
+      box_corners = {x0, y0, x0, y1, x1, y1, x1, y0};
+      xy = box_corners.data();
+      num_points = 4;
+    }
+    parts.push_back(polygon_counts(xy, num_points, source.height, source.width));
+  }
+  if (parts.size() == 1) {
+    return mask_from_counts(parts[0].data(), parts[0].size(), source.height, source.width);
+  }
+  std::vector<std::pair<uint32_t, uint32_t>> runs;
+  for (const auto& counts : parts) {
+    const Mask part = mask_from_counts(counts.data(), counts.size(), source.height, source.width);
+    for (size_t r = 0; r < part.runs.size(); r += 2) runs.emplace_back(part.runs[r], part.runs[r + 1]);
+  }
+  const std::vector<uint32_t> counts = union_counts(std::move(runs), source.height, source.width);
+  return mask_from_counts(counts.data(), counts.size(), source.height, source.width);
+}
+
+// First run of `runs` that ends after `position`.
+size_t first_run_ending_after(const std::vector<uint32_t>& runs, uint32_t position) {
+  size_t lo = 0, hi = runs.size() / 2;
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    if (runs[2 * mid + 1] > position) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// Pixels in both masks, walking only the runs within the span both masks cover.
+uint64_t intersection(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
+  if (a.empty() || b.empty()) return 0;
+  const uint32_t lo = std::max(a.front(), b.front());
+  const uint32_t hi = std::min(a.back(), b.back());
+  if (lo >= hi) return 0;
+  const size_t na = a.size() / 2, nb = b.size() / 2;
+  size_t i = first_run_ending_after(a, lo), j = first_run_ending_after(b, lo);
+  uint64_t total = 0;
+  while (i < na && j < nb && a[2 * i] < hi && b[2 * j] < hi) {
+    const uint32_t start = std::max(a[2 * i], b[2 * j]);
+    const uint32_t end = std::min(a[2 * i + 1], b[2 * j + 1]);
+    if (start < end) total += end - start;
+    if (a[2 * i + 1] < b[2 * j + 1]) {
+      ++i;
+    } else {
+      ++j;
+    }
+  }
+  return total;
+}
+
+// pycocotools' bbIou: boxes XYWH_ABS; against a crowd region the union is the detection's area.
+// The operations and their order are pycocotools' so that IoUs at a threshold compare alike.
+double box_iou(const double* dt, const double* gt, bool crowd) {
+  const double w = std::fmin(dt[2] + dt[0], gt[2] + gt[0]) - std::fmax(dt[0], gt[0]);
+  if (w <= 0) return 0;
+  const double h = std::fmin(dt[3] + dt[1], gt[3] + gt[1]) - std::fmax(dt[1], gt[1]);
+  if (h <= 0) return 0;
+  const double inter = w * h;
+  const double dt_area = dt[2] * dt[3];
+  const double gt_area = gt[2] * gt[3];
+  const double uni = crowd ? dt_area : dt_area + gt_area - inter;
+  return inter / uni;
+}
+
+// ----------------------------------------------------------------------------------------------
+// evaluate()
+
+// Annotation indices grouped by (category, image), groups numbered category * I + image (a
+// single category with use_cats == false). Within a group the dataset order is kept; without
+// categories a group lists its annotations category by category, as pycocotools concatenates
+// them.
+struct Groups {
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;  // [num_groups + 1]
+};
+
+Groups group_annotations(const Annotations& a, const EvaluateParams& p) {
+  const int64_t num_images = p.num_images, num_categories = p.num_categories;
+  const int64_t num_keys = num_images * num_categories;
+  std::vector<int64_t> key_begin(num_keys + 2, 0);
+  auto key = [&](int64_t n) -> int64_t {
+    return p.use_cats ? int64_t{a.category[n]} * num_images + a.image[n]
+                      : int64_t{a.image[n]} * num_categories + a.category[n];
+  };
+  for (int64_t n = 0; n < a.size(); ++n) ++key_begin[key(n) + 2];
+  for (int64_t k = 2; k < num_keys + 2; ++k) key_begin[k] += key_begin[k - 1];
+  Groups groups;
+  groups.order.resize(a.size());
+  for (int64_t n = 0; n < a.size(); ++n) groups.order[key_begin[key(n) + 1]++] = n;
+  key_begin.pop_back();  // key_begin[k] is now the start of key k
+  if (p.use_cats) {
+    groups.begin = std::move(key_begin);
+  } else {
+    groups.begin.resize(num_images + 1);
+    for (int64_t i = 0; i <= num_images; ++i) groups.begin[i] = key_begin[i * num_categories];
+  }
+  return groups;
+}
+
+// Evaluates (category, image) pairs, reusing its buffers from one pair to the next.
+class PairEvaluator {
+ public:
+  PairEvaluator(const EvaluateParams& p, const Annotations& gt, const Annotations& dt,
+                const Groups& gt_groups, const Groups& dt_groups,
+                const std::vector<int64_t>& kept_begin, Evaluation* out)
+      : p_(p), gt_(gt), dt_(dt), gt_groups_(gt_groups), dt_groups_(dt_groups),
+        kept_begin_(kept_begin), out_(out) {}
+
+  void run(int64_t group) {
+    const int64_t* gt_first = gt_groups_.order.data() + gt_groups_.begin[group];
+    const int64_t* dt_first = dt_groups_.order.data() + dt_groups_.begin[group];
+    gts_.assign(gt_first, gt_first + (gt_groups_.begin[group + 1] - gt_groups_.begin[group]));
+    dts_.assign(dt_first, dt_first + (dt_groups_.begin[group + 1] - dt_groups_.begin[group]));
+    if (gts_.empty() && dts_.empty()) return;
+    category_ = group / out_->num_images;
+    image_ = group % out_->num_images;
+    keep_best_detections();
+    store_detections(kept_begin_[group]);
+    compute_ious();
+    for (size_t a = 0; a < p_.area_ranges.size(); ++a) match(a, kept_begin_[group]);
+  }
+
+ private:
+  // Stable sort by score, keep the best max_detections (pycocotools sorts with mergesort).
+  void keep_best_detections() {
+    std::stable_sort(dts_.begin(), dts_.end(), [this](int64_t a, int64_t b) {
+      return higher_score(dt_.score[a], dt_.score[b]);
+    });
+    if (static_cast<int64_t>(dts_.size()) > p_.max_detections) dts_.resize(p_.max_detections);
+  }
+
+  void store_detections(int64_t offset) {
+    for (size_t d = 0; d < dts_.size(); ++d) {
+      out_->scores[offset + d] = dt_.score[dts_[d]];
+      out_->images[offset + d] = static_cast<int32_t>(image_);
+      out_->ranks[offset + d] = static_cast<int32_t>(d);
+    }
+  }
+
+  // ious_[d * G + g] for kept detection d and ground truth g (group order); left empty when
+  // pycocotools has no IoU matrix for the pair.
+  void compute_ious() {
+    const size_t num_gt = gts_.size(), num_dt = dts_.size();
+    ious_.clear();
+    if (num_gt == 0 || num_dt == 0) return;
+    // pycocotools' computeOks reads the (image, -1) pair without categories, which holds no
+    // annotation: keypoint detections then match nothing. Kept for equal results.
+    if (p_.iou_type == IouType::kKeypoints && !p_.use_cats) return;
+    ious_.resize(num_dt * num_gt);
+    if (p_.iou_type == IouType::kBbox) {
+      for (size_t d = 0; d < num_dt; ++d) {
+        for (size_t g = 0; g < num_gt; ++g) {
+          ious_[d * num_gt + g] = box_iou(&dt_.box[4 * dts_[d]], &gt_.box[4 * gts_[g]], gt_.crowd[gts_[g]]);
+        }
+      }
+    } else if (p_.iou_type == IouType::kSegm) {
+      compute_mask_ious();
+    } else {
+      compute_oks();
+    }
+  }
+
+  void compute_mask_ious() {
+    const size_t num_gt = gts_.size(), num_dt = dts_.size();
+    gt_masks_.resize(num_gt);
+    dt_masks_.resize(num_dt);
+    for (size_t g = 0; g < num_gt; ++g) gt_masks_[g] = decode_mask(gt_, gts_[g]);
+    for (size_t d = 0; d < num_dt; ++d) dt_masks_[d] = decode_mask(dt_, dts_[d]);
+    for (size_t d = 0; d < num_dt; ++d) {
+      for (size_t g = 0; g < num_gt; ++g) {
+        ious_[d * num_gt + g] = mask_iou(dt_masks_[d], gt_masks_[g], gt_.crowd[gts_[g]]);
+      }
+    }
+  }
+
+  // pycocotools' computeOks: over the labelled keypoints of the ground truth, or, when it has
+  // none, over all keypoints with their distance to a box twice the size of its box.
+  void compute_oks() {
+    const size_t num_gt = gts_.size(), num_dt = dts_.size();
+    const size_t k = p_.oks_sigmas.size();
+    variances_.resize(k);
+    for (size_t j = 0; j < k; ++j) variances_[j] = (p_.oks_sigmas[j] * 2) * (p_.oks_sigmas[j] * 2);
+    for (size_t g = 0; g < num_gt; ++g) {
+      const double* gk = &gt_.keypoints[3 * k * gts_[g]];
+      int64_t labelled = 0;
+      for (size_t j = 0; j < k; ++j) labelled += gk[3 * j + 2] > 0;
+      const double* box = &gt_.box[4 * gts_[g]];
+      const double x0 = box[0] - box[2], x1 = box[0] + box[2] * 2;
+      const double y0 = box[1] - box[3], y1 = box[1] + box[3] * 2;
+      const double scale = gt_.area[gts_[g]] + kEps;
+      for (size_t d = 0; d < num_dt; ++d) {
+        const double* dk = &dt_.keypoints[3 * k * dts_[d]];
+        double total = 0;
+        for (size_t j = 0; j < k; ++j) {
+          double dx, dy;
+          if (labelled > 0) {
+            if (!(gk[3 * j + 2] > 0)) continue;
+            dx = dk[3 * j] - gk[3 * j];
+            dy = dk[3 * j + 1] - gk[3 * j + 1];
+          } else {
+            dx = std::max(0.0, x0 - dk[3 * j]) + std::max(0.0, dk[3 * j] - x1);
+            dy = std::max(0.0, y0 - dk[3 * j + 1]) + std::max(0.0, dk[3 * j + 1] - y1);
+          }
+          const double e = (dx * dx + dy * dy) / variances_[j] / scale / 2;
+          total += std::exp(-e);
+        }
+        const double count = labelled > 0 ? static_cast<double>(labelled) : static_cast<double>(k);
+        ious_[d * num_gt + g] = total / count;
+      }
+    }
+  }
+
+  // pycocotools' evaluateImg for one area range, every IoU threshold.
+  void match(size_t area_index, int64_t offset) {
+    const double lo = p_.area_ranges[area_index][0], hi = p_.area_ranges[area_index][1];
+    const size_t num_gt = gts_.size(), num_dt = dts_.size();
+    // ground truth not ignored first, each part in group order
+    gt_order_.clear();
+    ignored_.clear();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t g = 0; g < num_gt; ++g) {
+        const int64_t n = gts_[g];
+        const bool ignored = gt_.ignore[n] || gt_.area[n] < lo || gt_.area[n] > hi;
+        if (ignored == (pass == 1)) {
+          gt_order_.push_back(g);
+          ignored_.push_back(ignored);
+        }
+      }
+    }
+    int32_t num_valid = 0;
+    for (uint8_t ignored : ignored_) num_valid += !ignored;
+    const int64_t num_images = out_->num_images;
+    out_->num_valid_gt[(category_ * p_.area_ranges.size() + area_index) * num_images + image_] = num_valid;
+
+    const size_t num_thresholds = p_.iou_thresholds.size();
+    const int64_t total = static_cast<int64_t>(out_->scores.size());
+    for (size_t t = 0; t < num_thresholds; ++t) {
+      uint8_t* outcomes = out_->outcomes.data() + (area_index * num_thresholds + t) * total + offset;
+      taken_.assign(num_gt, 0);
+      for (size_t d = 0; d < num_dt; ++d) {
+        const int64_t m = ious_.empty() ? -1 : best_match(d, p_.iou_thresholds[t]);
+        bool matched = false, ignored = false;
+        if (m >= 0) {
+          const int64_t gt_index = gts_[gt_order_[m]];
+          ignored = ignored_[m];
+          // pycocotools records matches by annotation id, and id 0 reads as "no match"
+          matched = gt_.id[gt_index] != 0;
+          taken_[m] = dt_.id[dts_[d]] > 0;
+        }
+        if (!matched) {
+          const double area = dt_.area[dts_[d]];
+          ignored = ignored || area < lo || area > hi;
+        }
+        outcomes[d] = ignored ? kIgnored : (matched ? kTruePositive : kFalsePositive);
+      }
+    }
+  }
+
+  // The ground truth (position in gt_order_) that detection d matches at this threshold, or -1:
+  // the best IoU >= threshold among free (or crowd) ground truth, regular ones before ignored
+  // ones, the last of equal IoUs winning as in pycocotools.
+  int64_t best_match(size_t d, double threshold) const {
+    const size_t num_gt = gts_.size();
+    double best = std::min(threshold, 1 - 1e-10);
+    int64_t m = -1;
+    for (size_t j = 0; j < num_gt; ++j) {
+      const size_t g = gt_order_[j];
+      if (taken_[j] && !gt_.crowd[gts_[g]]) continue;
+      if (m > -1 && !ignored_[m] && ignored_[j]) break;
+      const double iou = ious_[d * num_gt + g];
+      if (iou < best) continue;
+      best = iou;
+      m = static_cast<int64_t>(j);
+    }
+    return m;
+  }
+
+  const EvaluateParams& p_;
+  const Annotations& gt_;
+  const Annotations& dt_;
+  const Groups& gt_groups_;
+  const Groups& dt_groups_;
+  const std::vector<int64_t>& kept_begin_;
+  Evaluation* out_;
+
+  int64_t category_ = 0, image_ = 0;
+  std::vector<int64_t> gts_, dts_;
+  std::vector<double> ious_, variances_;
+  std::vector<Mask> gt_masks_, dt_masks_;
+  std::vector<size_t> gt_order_;
+  std::vector<uint8_t> ignored_, taken_;
+};
+
+// ----------------------------------------------------------------------------------------------
+// accumulate()
+
+// Precision / recall of one (category, area range, max detections) cell for every IoU
+// threshold, with pycocotools' arithmetic (see accumulate() in its cocoeval.py).
+class CurveBuilder {
+ public:
+  CurveBuilder(const Evaluation& ev, const AccumulateParams& p, double* precision, double* recall,
+               double* scores)
+      : ev_(ev), p_(p), precision_(precision), recall_(recall), scores_(scores) {}
+
+  // `detections`: kept detections in score order; `num_valid_gt` > 0.
+  void fill(int64_t k, int64_t a, int64_t m, int64_t area_index,
+            const std::vector<int64_t>& detections, int64_t num_valid_gt) {
+    const int64_t num_thresholds = ev_.num_thresholds;
+    const int64_t total = static_cast<int64_t>(ev_.scores.size());
+    const size_t nd = detections.size();
+    const int64_t num_recall = static_cast<int64_t>(p_.recall_thresholds.size());
+    recalls_.resize(nd);
+    precisions_.resize(nd);
+    for (int64_t t = 0; t < num_thresholds; ++t) {
+      const uint8_t* outcomes = ev_.outcomes.data() + (area_index * num_thresholds + t) * total;
+      double tp = 0, fp = 0;
+      for (size_t j = 0; j < nd; ++j) {
+        const uint8_t outcome = outcomes[detections[j]];
+        tp += outcome == kTruePositive;
+        fp += outcome == kFalsePositive;
+        recalls_[j] = tp / static_cast<double>(num_valid_gt);
+        precisions_[j] = tp / (fp + tp + kEps);
+      }
+      recall_[cell(t, k, a, m)] = nd ? recalls_[nd - 1] : 0;
+      for (size_t j = nd; j-- > 1;) {
+        if (precisions_[j] > precisions_[j - 1]) precisions_[j - 1] = precisions_[j];
+      }
+      // Precision at each recall threshold: at the first detection reaching it, 0 past the end
+      // (pycocotools stops at the first threshold out of reach).
+      bool reached = true;
+      for (int64_t r = 0; r < num_recall; ++r) {
+        const size_t j = static_cast<size_t>(
+            std::lower_bound(recalls_.begin(), recalls_.end(), p_.recall_thresholds[r]) - recalls_.begin());
+        reached = reached && j < nd;
+        precision_[cell(t, r, k, a, m)] = reached ? precisions_[j] : 0;
+        scores_[cell(t, r, k, a, m)] = reached ? ev_.scores[detections[j]] : 0;
+      }
+    }
+  }
+
+ private:
+  int64_t cell(int64_t t, int64_t k, int64_t a, int64_t m) const {
+    return ((t * p_.out_categories + k) * p_.out_areas + a) * p_.out_max_detections + m;
+  }
+  int64_t cell(int64_t t, int64_t r, int64_t k, int64_t a, int64_t m) const {
+    const int64_t num_recall = static_cast<int64_t>(p_.recall_thresholds.size());
+    return (((t * num_recall + r) * p_.out_categories + k) * p_.out_areas + a) * p_.out_max_detections + m;
+  }
+
+  const Evaluation& ev_;
+  const AccumulateParams& p_;
+  double* precision_;
+  double* recall_;
+  double* scores_;
+  std::vector<double> recalls_, precisions_;
+};
+
+}  // namespace
+
+Mask decode_mask(const Annotations& a, int64_t index) {
+  const MaskSource& source = a.masks[index];
+  switch (source.format) {
+    case MaskFormat::kCompressedRle: {
+      const std::vector<uint32_t> counts = counts_from_string(source.text, source.text_size);
+      return mask_from_counts(counts.data(), counts.size(), source.height, source.width);
+    }
+    case MaskFormat::kUncompressedRle:
+      return mask_from_counts(a.rle_counts.data() + source.begin, source.end - source.begin,
+                              source.height, source.width);
+    case MaskFormat::kPolygons:
+    case MaskFormat::kBoxes:
+      return polygons_mask(a, source);
+    case MaskFormat::kNone:
+      break;
+  }
+  throw std::invalid_argument("annotation has no mask");
+}
+
+double mask_iou(const Mask& dt, const Mask& gt, bool crowd) {
+  // pycocotools computes the IoU only where the boxes overlap, and there flags masks of
+  // different sizes with -1
+  if (box_iou(dt.box.data(), gt.box.data(), crowd) <= 0) return 0;
+  if (dt.height != gt.height || dt.width != gt.width) return -1;
+  const uint64_t inter = intersection(dt.runs, gt.runs);
+  if (inter == 0) return 0;
+  const uint64_t uni = crowd ? dt.area : dt.area + gt.area - inter;
+  return static_cast<double>(inter) / static_cast<double>(uni);
+}
+
+Evaluation evaluate(const EvaluateParams& p, const Annotations& gt, const Annotations& dt) {
+  const int64_t num_images = p.num_images;
+  const int64_t num_categories = p.use_cats ? p.num_categories : (p.num_categories > 0 ? 1 : 0);
+  const int64_t num_areas = static_cast<int64_t>(p.area_ranges.size());
+  const int64_t num_thresholds = static_cast<int64_t>(p.iou_thresholds.size());
+  const Groups gt_groups = group_annotations(gt, p);
+  const Groups dt_groups = group_annotations(dt, p);
+  const int64_t num_groups = num_categories * num_images;
+
+  std::vector<int64_t> kept_begin(num_groups + 1, 0);
+  const int64_t max_detections = std::max<int64_t>(p.max_detections, 0);
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t count = dt_groups.begin[g + 1] - dt_groups.begin[g];
+    kept_begin[g + 1] = kept_begin[g] + std::min(count, max_detections);
+  }
+  const int64_t total = kept_begin[num_groups];
+
+  Evaluation ev;
+  ev.num_images = num_images;
+  ev.num_categories = num_categories;
+  ev.num_areas = num_areas;
+  ev.num_thresholds = num_thresholds;
+  ev.category_begin.resize(num_categories + 1);
+  for (int64_t k = 0; k <= num_categories; ++k) ev.category_begin[k] = kept_begin[k * num_images];
+  ev.scores.resize(total);
+  ev.images.resize(total);
+  ev.ranks.resize(total);
+  ev.outcomes.resize(static_cast<size_t>(num_areas * num_thresholds * total));
+  ev.num_valid_gt.assign(static_cast<size_t>(num_categories * num_areas * num_images), 0);
+
+  parallel_for(num_groups, 64, p.num_threads, [&](int64_t begin, int64_t end) {
+    PairEvaluator pairs(p, gt, dt, gt_groups, dt_groups, kept_begin, &ev);
+    for (int64_t g = begin; g < end; ++g) pairs.run(g);
+  });
+  return ev;
+}
+
+void accumulate(const Evaluation& ev, const AccumulateParams& p, double* precision, double* recall,
+                double* scores) {
+  std::vector<uint8_t> selected(ev.num_images, 0);
+  for (int64_t i : p.images) selected[i] = 1;
+  int64_t largest_max_det = 0;
+  for (int64_t m : p.max_detections) largest_max_det = std::max(largest_max_det, m);
+  const int64_t num_categories = static_cast<int64_t>(p.categories.size());
+
+  parallel_for(num_categories, 1, p.num_threads, [&](int64_t begin, int64_t end) {
+    CurveBuilder curves(ev, p, precision, recall, scores);
+    std::vector<int64_t> sorted, detections;
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t category = p.categories[k];
+      // This category's detections of the selected images in score order; ties keep the
+      // order (image, rank) in which pycocotools concatenates them.
+      sorted.clear();
+      for (int64_t n = ev.category_begin[category]; n < ev.category_begin[category + 1]; ++n) {
+        if (selected[ev.images[n]] && ev.ranks[n] < largest_max_det) sorted.push_back(n);
+      }
+      std::stable_sort(sorted.begin(), sorted.end(), [&ev](int64_t a, int64_t b) {
+        return higher_score(ev.scores[a], ev.scores[b]);
+      });
+      for (size_t a = 0; a < p.areas.size(); ++a) {
+        const int64_t area_index = p.areas[a];
+        const int32_t* valid = ev.num_valid_gt.data() + (category * ev.num_areas + area_index) * ev.num_images;
+        int64_t num_valid = 0;
+        for (int64_t i : p.images) num_valid += valid[i];
+        if (num_valid == 0) continue;  // precision and recall stay -1
+        for (size_t m = 0; m < p.max_detections.size(); ++m) {
+          detections.clear();
+          for (int64_t n : sorted) {
+            if (ev.ranks[n] < p.max_detections[m]) detections.push_back(n);
+          }
+          curves.fill(k, static_cast<int64_t>(a), static_cast<int64_t>(m), area_index, detections, num_valid);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace cocoeval
+}  // namespace detzoo
+
+// ==============================================================================================
+// Part 2: reading the annotations, and the Python module.
+
+namespace {
+
+using detzoo::cocoeval::Annotations;
+using detzoo::cocoeval::Evaluation;
+using detzoo::cocoeval::IouType;
+using detzoo::cocoeval::MaskFormat;
+using detzoo::cocoeval::MaskSource;
+
+constexpr const char* kCapsuleName = "detzoo._cocoeval.Evaluation";
+
+// Interned dict keys, so that each lookup hashes nothing.
+struct Keys {
+  PyObject* image_id;
+  PyObject* category_id;
+  PyObject* id;
+  PyObject* area;
+  PyObject* score;
+  PyObject* bbox;
+  PyObject* iscrowd;
+  PyObject* keypoints;
+  PyObject* num_keypoints;
+  PyObject* segmentation;
+  PyObject* counts;
+  PyObject* size;
+};
+Keys keys;
+
+bool intern_keys() {
+  struct Entry {
+    PyObject** slot;
+    const char* name;
+  };
+  const Entry entries[] = {
+      {&keys.image_id, "image_id"},   {&keys.category_id, "category_id"},
+      {&keys.id, "id"},               {&keys.area, "area"},
+      {&keys.score, "score"},         {&keys.bbox, "bbox"},
+      {&keys.iscrowd, "iscrowd"},     {&keys.keypoints, "keypoints"},
+      {&keys.num_keypoints, "num_keypoints"}, {&keys.segmentation, "segmentation"},
+      {&keys.counts, "counts"},       {&keys.size, "size"},
+  };
+  for (const Entry& e : entries) {
+    *e.slot = PyUnicode_InternFromString(e.name);
+    if (*e.slot == nullptr) return false;
+  }
+  return true;
+}
+
+bool to_double(PyObject* obj, double* out) {
+  if (PyFloat_CheckExact(obj)) {
+    *out = PyFloat_AS_DOUBLE(obj);
+    return true;
+  }
+  const double value = PyFloat_AsDouble(obj);
+  if (value == -1.0 && PyErr_Occurred()) return false;
+  *out = value;
+  return true;
+}
+
+bool to_int64(PyObject* obj, int64_t* out) {
+  const long long value = PyLong_AsLongLong(obj);
+  if (value == -1 && PyErr_Occurred()) return false;
+  *out = value;
+  return true;
+}
+
+// Appends the numbers of a list / tuple (or any sequence) to `out`.
+bool append_numbers(PyObject* seq, std::vector<double>* out) {
+  PyObject* fast = PySequence_Fast(seq, "expected a sequence of numbers");
+  if (fast == nullptr) return false;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+  PyObject** items = PySequence_Fast_ITEMS(fast);
+  bool ok = true;
+  for (Py_ssize_t j = 0; j < n && ok; ++j) {
+    double value;
+    ok = to_double(items[j], &value);
+    if (ok) out->push_back(value);
+  }
+  Py_DECREF(fast);
+  return ok;
+}
+
+// A C-contiguous buffer of float64 ('d') or int64 ('q') items (numpy arrays).
+class BufferView {
+ public:
+  BufferView() = default;
+  BufferView(const BufferView&) = delete;
+  BufferView& operator=(const BufferView&) = delete;
+  ~BufferView() {
+    if (acquired_) PyBuffer_Release(&view_);
+  }
+
+  bool acquire(PyObject* obj, const char* name, char kind, bool writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &view_, flags) != 0) return false;
+    acquired_ = true;
+    const char* format = view_.format ? view_.format : "B";
+    while (*format == '@' || *format == '=' || *format == '<') ++format;
+    const bool ok = view_.itemsize == 8 && format[1] == '\0' &&
+                    (kind == 'd' ? format[0] == 'd' : (format[0] == 'q' || format[0] == 'l'));
+    if (!ok) {
+      PyErr_Format(PyExc_TypeError, "%s: expected a contiguous %s array, got format '%s'", name,
+                   kind == 'd' ? "float64" : "int64", view_.format ? view_.format : "B");
+      return false;
+    }
+    return true;
+  }
+
+  int64_t size() const { return view_.len / 8; }
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(view_.buf);
+  }
+  template <typename T>
+  std::vector<T> vector() const {
+    return std::vector<T>(data<T>(), data<T>() + size());
+  }
+
+ private:
+  Py_buffer view_{};
+  bool acquired_ = false;
+};
+
+// Reads a `segmentation` (polygons, or RLE with string or list counts) into `out`. Polygons
+// use the image's height x width, RLEs their own "size", as pycocotools' annToRLE does. On
+// failure a Python error is set, with `problem` describing it when it is not a Python error.
+bool read_segmentation(PyObject* segm, int64_t height, int64_t width, Annotations* out,
+                       std::vector<PyObject*>* keep_alive, std::string* problem) {
+  MaskSource source;
+  if (PyList_Check(segm)) {
+    // pycocotools' frPyObjects: a first entry of 4 numbers makes the list boxes
+    const Py_ssize_t n = PyList_GET_SIZE(segm);
+    Py_ssize_t first = -1;
+    if (n > 0) {
+      first = PyObject_Length(PyList_GET_ITEM(segm, 0));
+      if (first < 0) {
+        PyErr_Clear();
+        *problem = "polygons must be lists of numbers";
+        return false;
+      }
+      if (first < 4) {
+        *problem = "a polygon needs at least 3 points (6 numbers)";
+        return false;
+      }
+    }
+    source.format = first == 4 ? MaskFormat::kBoxes : MaskFormat::kPolygons;
+    if (n > 0 && (height < 0 || width < 0)) {
+      *problem = "polygons need the height and width of their image, which has none";
+      return false;
+    }
+    source.height = height;
+    source.width = width;
+    source.begin = static_cast<int64_t>(out->polygon_offsets.size()) - 1;
+    for (Py_ssize_t p = 0; p < n; ++p) {
+      const size_t before = out->polygon_coords.size();
+      if (!append_numbers(PyList_GET_ITEM(segm, p), &out->polygon_coords)) return false;
+      if (source.format == MaskFormat::kBoxes && out->polygon_coords.size() - before != 4) {
+        *problem = "boxes given as segmentation need 4 numbers each";
+        return false;
+      }
+      out->polygon_offsets.push_back(static_cast<int64_t>(out->polygon_coords.size()));
+    }
+    source.end = static_cast<int64_t>(out->polygon_offsets.size()) - 1;
+  } else if (PyDict_Check(segm)) {
+    PyObject* counts = PyDict_GetItemWithError(segm, keys.counts);
+    PyObject* size = counts ? PyDict_GetItemWithError(segm, keys.size) : nullptr;
+    if (counts == nullptr || size == nullptr) {
+      if (!PyErr_Occurred()) *problem = "an RLE needs 'counts' and 'size'";
+      return false;
+    }
+    std::vector<double> hw;
+    if (!append_numbers(size, &hw) || hw.size() != 2) {
+      PyErr_Clear();
+      *problem = "an RLE's 'size' must be [height, width]";
+      return false;
+    }
+    source.height = static_cast<int64_t>(hw[0]);
+    source.width = static_cast<int64_t>(hw[1]);
+    if (PyList_Check(counts)) {
+      source.format = MaskFormat::kUncompressedRle;
+      source.begin = static_cast<int64_t>(out->rle_counts.size());
+      for (Py_ssize_t j = 0; j < PyList_GET_SIZE(counts); ++j) {
+        const unsigned long long value = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(counts, j));
+        if ((value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) || value > UINT32_MAX) {
+          PyErr_Clear();
+          *problem = "RLE counts must be integers in [0, 2**32)";
+          return false;
+        }
+        out->rle_counts.push_back(static_cast<uint32_t>(value));
+      }
+      source.end = static_cast<int64_t>(out->rle_counts.size());
+    } else {
+      source.format = MaskFormat::kCompressedRle;
+      Py_ssize_t length = 0;
+      if (PyUnicode_Check(counts)) {
+        source.text = PyUnicode_AsUTF8AndSize(counts, &length);
+        if (source.text == nullptr) return false;
+      } else if (PyBytes_Check(counts)) {
+        char* text = nullptr;
+        if (PyBytes_AsStringAndSize(counts, &text, &length) != 0) return false;
+        source.text = text;
+      } else {
+        *problem = "RLE counts must be a list of run lengths or a compressed str / bytes";
+        return false;
+      }
+      source.text_size = length;
+      // the characters are read later, without the GIL
+      Py_INCREF(counts);
+      keep_alive->push_back(counts);
+    }
+  } else {
+    *problem = "segmentation must be a list of polygons or an RLE dict";
+    return false;
+  }
+  out->masks.push_back(source);
+  return true;
+}
+
+// Reads the annotation dicts of one side into Annotations, skipping those whose image or
+// category is not evaluated (pycocotools' getAnnIds filter).
+class AnnotationReader {
+ public:
+  AnnotationReader(bool ground_truth, IouType iou_type, PyObject* image_index,
+                   PyObject* category_index, const int64_t* image_sizes, int64_t num_keypoints,
+                   Annotations* out, std::vector<PyObject*>* keep_alive)
+      : ground_truth_(ground_truth), iou_type_(iou_type), image_index_(image_index),
+        category_index_(category_index), image_sizes_(image_sizes),
+        num_keypoints_(num_keypoints), out_(out), keep_alive_(keep_alive) {}
+
+  bool read(PyObject* annotations) {
+    PyObject* fast = PySequence_Fast(annotations, "annotations must be a list of dicts");
+    if (fast == nullptr) return false;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject** items = PySequence_Fast_ITEMS(fast);
+    bool ok = true;
+    for (Py_ssize_t j = 0; j < n && ok; ++j) ok = read_one(items[j], j);
+    Py_DECREF(fast);
+    return ok;
+  }
+
+ private:
+  bool read_one(PyObject* ann, Py_ssize_t position) {
+    position_ = position;
+    id_obj_ = Py_None;
+    if (!PyDict_Check(ann)) return fail("is not a dict");
+    int64_t image, category;
+    int found = lookup_index(ann, keys.image_id, image_index_, &image);
+    if (found <= 0) return found == 0;
+    found = lookup_index(ann, keys.category_id, category_index_, &category);
+    if (found <= 0) return found == 0;
+
+    id_obj_ = require(ann, keys.id);
+    if (id_obj_ == nullptr) return false;
+    int64_t id;
+    if (!to_int64(id_obj_, &id)) return fail("'id' must be an integer");
+    double area;
+    PyObject* area_obj = require(ann, keys.area);
+    if (area_obj == nullptr) return false;
+    if (!to_double(area_obj, &area)) return fail("'area' must be a number");
+
+    out_->id.push_back(id);
+    out_->image.push_back(static_cast<int32_t>(image));
+    out_->category.push_back(static_cast<int32_t>(category));
+    out_->area.push_back(area);
+    if (ground_truth_) {
+      if (!read_ground_truth_flags(ann)) return false;
+    } else {
+      PyObject* score_obj = require(ann, keys.score);
+      double score;
+      if (score_obj == nullptr) return false;
+      if (!to_double(score_obj, &score)) return fail("'score' must be a number");
+      out_->score.push_back(score);
+    }
+    const bool needs_box = iou_type_ == IouType::kBbox || (iou_type_ == IouType::kKeypoints && ground_truth_);
+    if (needs_box && !read_box(ann)) return false;
+    if (iou_type_ == IouType::kKeypoints && !read_keypoints(ann)) return false;
+    if (iou_type_ == IouType::kSegm) {
+      PyObject* segm = require(ann, keys.segmentation);
+      if (segm == nullptr) return false;
+      const int64_t height = image_sizes_ ? image_sizes_[2 * image] : -1;
+      const int64_t width = image_sizes_ ? image_sizes_[2 * image + 1] : -1;
+      std::string problem;
+      if (!read_segmentation(segm, height, width, out_, keep_alive_, &problem)) {
+        return fail(problem.empty() ? "unreadable 'segmentation'" : problem.c_str());
+      }
+    }
+    return true;
+  }
+
+  // pycocotools overwrites `ignore` with `iscrowd` (and, for keypoints, num_keypoints == 0).
+  bool read_ground_truth_flags(PyObject* ann) {
+    PyObject* crowd_obj = PyDict_GetItemWithError(ann, keys.iscrowd);
+    if (crowd_obj == nullptr && PyErr_Occurred()) return false;
+    const int crowd = crowd_obj ? PyObject_IsTrue(crowd_obj) : 0;
+    if (crowd < 0) return fail("'iscrowd' must be 0 or 1");
+    bool ignore = crowd != 0;
+    if (iou_type_ == IouType::kKeypoints) {
+      PyObject* num_obj = require(ann, keys.num_keypoints);
+      double num;
+      if (num_obj == nullptr) return false;
+      if (!to_double(num_obj, &num)) return fail("'num_keypoints' must be a number");
+      ignore = ignore || num == 0;
+    }
+    out_->crowd.push_back(static_cast<uint8_t>(crowd != 0));
+    out_->ignore.push_back(static_cast<uint8_t>(ignore));
+    return true;
+  }
+
+  bool read_box(PyObject* ann) {
+    PyObject* box = require(ann, keys.bbox);
+    if (box == nullptr) return false;
+    const size_t before = out_->box.size();
+    if (!append_numbers(box, &out_->box) || out_->box.size() - before != 4) {
+      return fail("'bbox' must be 4 numbers [x, y, width, height]");
+    }
+    return true;
+  }
+
+  bool read_keypoints(PyObject* ann) {
+    PyObject* kp = require(ann, keys.keypoints);
+    if (kp == nullptr) return false;
+    const size_t before = out_->keypoints.size();
+    if (!append_numbers(kp, &out_->keypoints)) return fail("'keypoints' must be numbers");
+    if (static_cast<int64_t>(out_->keypoints.size() - before) != 3 * num_keypoints_) {
+      PyErr_Format(PyExc_ValueError,
+                   "%s annotation #%zd (id %R): 'keypoints' has %zd numbers, but "
+                   "params.kpt_oks_sigmas has %lld keypoints (3 numbers each expected)",
+                   side(), position_, id_obj_, static_cast<Py_ssize_t>(out_->keypoints.size() - before),
+                   static_cast<long long>(num_keypoints_));
+      return false;
+    }
+    return true;
+  }
+
+  // 1: found, with its index; 0: not evaluated (skip); -1: error.
+  int lookup_index(PyObject* ann, PyObject* key, PyObject* index, int64_t* out) {
+    PyObject* value = require(ann, key);
+    if (value == nullptr) return -1;
+    PyObject* position = PyDict_GetItemWithError(index, value);
+    if (position == nullptr) {
+      if (!PyErr_Occurred()) return 0;
+      fail("unhashable image or category id");
+      return -1;
+    }
+    *out = PyLong_AsLongLong(position);
+    return PyErr_Occurred() ? -1 : 1;
+  }
+
+  PyObject* require(PyObject* ann, PyObject* key) {
+    PyObject* value = PyDict_GetItemWithError(ann, key);
+    if (value == nullptr && !PyErr_Occurred()) {
+      PyErr_Format(PyExc_KeyError, "%s annotation #%zd (id %R) has no %R", side(), position_,
+                   id_obj_, key);
+    }
+    return value;
+  }
+
+  // Raises ValueError naming the annotation, with the pending Python error (if any) appended.
+  bool fail(const char* what) {
+    PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (value != nullptr) {
+      PyErr_Format(PyExc_ValueError, "%s annotation #%zd (id %R): %s (%S)", side(), position_,
+                   id_obj_, what, value);
+    } else {
+      PyErr_Format(PyExc_ValueError, "%s annotation #%zd (id %R): %s", side(), position_, id_obj_,
+                   what);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    return false;
+  }
+
+  const char* side() const { return ground_truth_ ? "ground-truth" : "detection"; }
+
+  const bool ground_truth_;
+  const IouType iou_type_;
+  PyObject* const image_index_;
+  PyObject* const category_index_;
+  const int64_t* const image_sizes_;
+  const int64_t num_keypoints_;
+  Annotations* const out_;
+  std::vector<PyObject*>* const keep_alive_;
+  Py_ssize_t position_ = 0;
+  PyObject* id_obj_ = Py_None;
+};
+
+// Drops the references taken on compressed RLE strings.
+struct KeepAlive {
+  std::vector<PyObject*> objects;
+  ~KeepAlive() {
+    for (PyObject* obj : objects) Py_DECREF(obj);
+  }
+};
+
+// Runs `fn` without the GIL; a C++ exception becomes ValueError / MemoryError.
+template <typename Fn>
+bool run_without_gil(const Fn& fn) {
+  std::string error;
+  bool out_of_memory = false;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    fn();
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  Py_END_ALLOW_THREADS
+  if (out_of_memory) {
+    PyErr_NoMemory();
+    return false;
+  }
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_ValueError, error.c_str());
+    return false;
+  }
+  return true;
+}
+
+void destroy_evaluation(PyObject* capsule) {
+  delete static_cast<Evaluation*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+}
+
+bool check_sizes(const BufferView& sizes, const char* name, int64_t num_images) {
+  if (sizes.size() != 2 * num_images) {
+    PyErr_Format(PyExc_ValueError, "%s: expected %lld values (height, width per image), got %lld",
+                 name, static_cast<long long>(2 * num_images), static_cast<long long>(sizes.size()));
+    return false;
+  }
+  return true;
+}
+
+PyObject* py_evaluate(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"iou_type", "use_cats", "gt", "dt", "image_index", "category_index",
+                                 "num_categories", "gt_image_sizes", "dt_image_sizes", "area_ranges",
+                                 "iou_thresholds", "max_detections", "oks_sigmas", "num_threads",
+                                 nullptr};
+  int iou_type, use_cats, num_threads;
+  long long num_categories, max_detections;
+  PyObject *gt_list, *dt_list, *image_index, *category_index, *gt_sizes_obj, *dt_sizes_obj;
+  PyObject *area_obj, *thresholds_obj, *sigmas_obj;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ipOOO!O!LOOOOLOi", const_cast<char**>(kwlist),
+                                   &iou_type, &use_cats, &gt_list, &dt_list, &PyDict_Type,
+                                   &image_index, &PyDict_Type, &category_index, &num_categories,
+                                   &gt_sizes_obj, &dt_sizes_obj, &area_obj, &thresholds_obj,
+                                   &max_detections, &sigmas_obj, &num_threads)) {
+    return nullptr;
+  }
+  if (iou_type < 0 || iou_type > 2) {
+    PyErr_Format(PyExc_ValueError, "iou_type must be 0 (bbox), 1 (segm) or 2 (keypoints), got %d", iou_type);
+    return nullptr;
+  }
+  detzoo::cocoeval::EvaluateParams params;
+  params.iou_type = static_cast<IouType>(iou_type);
+  params.use_cats = use_cats != 0;
+  params.num_images = PyDict_GET_SIZE(image_index);
+  params.num_categories = num_categories;
+  params.max_detections = max_detections;
+  params.num_threads = num_threads;
+
+  BufferView areas, thresholds, sigmas, gt_sizes, dt_sizes;
+  if (!areas.acquire(area_obj, "area_ranges", 'd', false) ||
+      !thresholds.acquire(thresholds_obj, "iou_thresholds", 'd', false)) {
+    return nullptr;
+  }
+  if (areas.size() % 2 != 0) {
+    PyErr_SetString(PyExc_ValueError, "area_ranges must hold (min, max) pairs");
+    return nullptr;
+  }
+  for (int64_t a = 0; a < areas.size() / 2; ++a) {
+    params.area_ranges.push_back({areas.data<double>()[2 * a], areas.data<double>()[2 * a + 1]});
+  }
+  params.iou_thresholds = thresholds.vector<double>();
+  if (params.iou_type == IouType::kKeypoints) {
+    if (!sigmas.acquire(sigmas_obj, "oks_sigmas", 'd', false)) return nullptr;
+    params.oks_sigmas = sigmas.vector<double>();
+  }
+  const int64_t* gt_image_sizes = nullptr;
+  const int64_t* dt_image_sizes = nullptr;
+  if (params.iou_type == IouType::kSegm) {
+    if (!gt_sizes.acquire(gt_sizes_obj, "gt_image_sizes", 'q', false) ||
+        !dt_sizes.acquire(dt_sizes_obj, "dt_image_sizes", 'q', false) ||
+        !check_sizes(gt_sizes, "gt_image_sizes", params.num_images) ||
+        !check_sizes(dt_sizes, "dt_image_sizes", params.num_images)) {
+      return nullptr;
+    }
+    gt_image_sizes = gt_sizes.data<int64_t>();
+    dt_image_sizes = dt_sizes.data<int64_t>();
+  }
+
+  KeepAlive keep_alive;
+  Annotations gt, dt;
+  const int64_t num_keypoints = static_cast<int64_t>(params.oks_sigmas.size());
+  AnnotationReader gt_reader(true, params.iou_type, image_index, category_index, gt_image_sizes,
+                             num_keypoints, &gt, &keep_alive.objects);
+  AnnotationReader dt_reader(false, params.iou_type, image_index, category_index, dt_image_sizes,
+                             num_keypoints, &dt, &keep_alive.objects);
+  if (!gt_reader.read(gt_list) || !dt_reader.read(dt_list)) return nullptr;
+  for (const Annotations* side : {&gt, &dt}) {
+    for (int64_t n = 0; n < side->size(); ++n) {
+      if (side->image[n] < 0 || side->image[n] >= params.num_images || side->category[n] < 0 ||
+          side->category[n] >= params.num_categories) {
+        PyErr_SetString(PyExc_ValueError, "image_index / category_index hold out-of-range positions");
+        return nullptr;
+      }
+    }
+  }
+
+  auto* evaluation = new (std::nothrow) Evaluation();
+  if (evaluation == nullptr) return PyErr_NoMemory();
+  if (!run_without_gil([&] { *evaluation = detzoo::cocoeval::evaluate(params, gt, dt); })) {
+    delete evaluation;
+    return nullptr;
+  }
+  PyObject* capsule = PyCapsule_New(evaluation, kCapsuleName, destroy_evaluation);
+  if (capsule == nullptr) delete evaluation;
+  return capsule;
+}
+
+bool check_indices(const std::vector<int64_t>& values, int64_t limit, const char* name) {
+  for (int64_t v : values) {
+    if (v < 0 || v >= limit) {
+      PyErr_Format(PyExc_ValueError, "%s: index %lld is outside the evaluated range [0, %lld)", name,
+                   static_cast<long long>(v), static_cast<long long>(limit));
+      return false;
+    }
+  }
+  return true;
+}
+
+PyObject* py_accumulate(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"evaluation", "categories", "areas", "max_detections", "images",
+                                 "recall_thresholds", "precision", "recall", "scores",
+                                 "out_categories", "out_areas", "out_max_detections",
+                                 "num_threads", nullptr};
+  PyObject *capsule, *categories_obj, *areas_obj, *max_det_obj, *images_obj, *recall_thr_obj;
+  PyObject *precision_obj, *recall_obj, *scores_obj;
+  long long out_categories, out_areas, out_max_detections;
+  int num_threads;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOLLLi", const_cast<char**>(kwlist),
+                                   &capsule, &categories_obj, &areas_obj, &max_det_obj, &images_obj,
+                                   &recall_thr_obj, &precision_obj, &recall_obj, &scores_obj,
+                                   &out_categories, &out_areas, &out_max_detections, &num_threads)) {
+    return nullptr;
+  }
+  const auto* ev = static_cast<const Evaluation*>(PyCapsule_GetPointer(capsule, kCapsuleName));
+  if (ev == nullptr) return nullptr;
+  BufferView categories, areas, max_dets, images, recall_thr, precision, recall, scores;
+  if (!categories.acquire(categories_obj, "categories", 'q', false) ||
+      !areas.acquire(areas_obj, "areas", 'q', false) ||
+      !max_dets.acquire(max_det_obj, "max_detections", 'q', false) ||
+      !images.acquire(images_obj, "images", 'q', false) ||
+      !recall_thr.acquire(recall_thr_obj, "recall_thresholds", 'd', false) ||
+      !precision.acquire(precision_obj, "precision", 'd', true) ||
+      !recall.acquire(recall_obj, "recall", 'd', true) ||
+      !scores.acquire(scores_obj, "scores", 'd', true)) {
+    return nullptr;
+  }
+  detzoo::cocoeval::AccumulateParams params;
+  params.categories = categories.vector<int64_t>();
+  params.areas = areas.vector<int64_t>();
+  params.max_detections = max_dets.vector<int64_t>();
+  params.images = images.vector<int64_t>();
+  params.recall_thresholds = recall_thr.vector<double>();
+  params.out_categories = out_categories;
+  params.out_areas = out_areas;
+  params.out_max_detections = out_max_detections;
+  params.num_threads = num_threads;
+  if (!check_indices(params.categories, ev->num_categories, "categories") ||
+      !check_indices(params.areas, ev->num_areas, "areas") ||
+      !check_indices(params.images, ev->num_images, "images")) {
+    return nullptr;
+  }
+  const int64_t T = ev->num_thresholds, R = static_cast<int64_t>(params.recall_thresholds.size());
+  const int64_t cells = out_categories * out_areas * out_max_detections;
+  if (static_cast<int64_t>(params.categories.size()) > out_categories ||
+      static_cast<int64_t>(params.areas.size()) > out_areas ||
+      static_cast<int64_t>(params.max_detections.size()) > out_max_detections ||
+      precision.size() != T * R * cells || scores.size() != T * R * cells ||
+      recall.size() != T * cells) {
+    PyErr_SetString(PyExc_ValueError,
+                    "accumulate: the output tables do not match the evaluation (the number of IoU "
+                    "thresholds must be the one evaluate() used)");
+    return nullptr;
+  }
+  double* precision_data = precision.data<double>();
+  double* recall_data = recall.data<double>();
+  double* scores_data = scores.data<double>();
+  if (!run_without_gil([&] {
+        detzoo::cocoeval::accumulate(*ev, params, precision_data, recall_data, scores_data);
+      })) {
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// Test helpers: a segmentation's canonical run-length counts, and the IoU matrix of two lists
+// of segmentations, as pycocotools' annToRLE + mask.iou would give them.
+bool read_masks(PyObject* list, int64_t height, int64_t width, Annotations* out,
+                std::vector<PyObject*>* keep_alive) {
+  PyObject* fast = PySequence_Fast(list, "expected a list of segmentations");
+  if (fast == nullptr) return false;
+  bool ok = true;
+  for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(fast) && ok; ++j) {
+    std::string problem;
+    ok = read_segmentation(PySequence_Fast_GET_ITEM(fast, j), height, width, out, keep_alive, &problem);
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, problem.c_str());
+  }
+  Py_DECREF(fast);
+  return ok;
+}
+
+PyObject* py_mask_counts(PyObject*, PyObject* args) {
+  PyObject* segm;
+  long long height, width;
+  if (!PyArg_ParseTuple(args, "OLL", &segm, &height, &width)) return nullptr;
+  KeepAlive keep_alive;
+  Annotations a;
+  PyObject* one = PyList_New(1);
+  if (one == nullptr) return nullptr;
+  Py_INCREF(segm);
+  PyList_SET_ITEM(one, 0, segm);
+  const bool ok = read_masks(one, height, width, &a, &keep_alive.objects);
+  Py_DECREF(one);
+  if (!ok) return nullptr;
+  const detzoo::cocoeval::Mask mask = detzoo::cocoeval::decode_mask(a, 0);
+  std::vector<uint32_t> counts;
+  uint32_t position = 0;
+  for (size_t r = 0; r < mask.runs.size(); r += 2) {
+    counts.push_back(mask.runs[r] - position);
+    counts.push_back(mask.runs[r + 1] - mask.runs[r]);
+    position = mask.runs[r + 1];
+  }
+  const uint32_t total = static_cast<uint32_t>(mask.height * mask.width);
+  if (counts.empty() || position < total) counts.push_back(total - position);
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(counts.size()));
+  for (size_t j = 0; out != nullptr && j < counts.size(); ++j) {
+    PyObject* item = PyLong_FromUnsignedLong(counts[j]);
+    if (item == nullptr) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyList_SET_ITEM(out, static_cast<Py_ssize_t>(j), item);
+  }
+  return out;
+}
+
+PyObject* py_mask_iou(PyObject*, PyObject* args) {
+  PyObject *dt_list, *gt_list, *crowd_list;
+  long long height, width;
+  if (!PyArg_ParseTuple(args, "OOOLL", &dt_list, &gt_list, &crowd_list, &height, &width)) return nullptr;
+  KeepAlive keep_alive;
+  Annotations dt, gt;
+  std::vector<double> crowd;
+  if (!read_masks(dt_list, height, width, &dt, &keep_alive.objects) ||
+      !read_masks(gt_list, height, width, &gt, &keep_alive.objects) || !append_numbers(crowd_list, &crowd)) {
+    return nullptr;
+  }
+  if (crowd.size() != gt.masks.size()) {
+    PyErr_SetString(PyExc_ValueError, "iscrowd must have one flag per ground-truth segmentation");
+    return nullptr;
+  }
+  std::vector<detzoo::cocoeval::Mask> dt_masks, gt_masks;
+  for (int64_t d = 0; d < static_cast<int64_t>(dt.masks.size()); ++d) dt_masks.push_back(detzoo::cocoeval::decode_mask(dt, d));
+  for (int64_t g = 0; g < static_cast<int64_t>(gt.masks.size()); ++g) gt_masks.push_back(detzoo::cocoeval::decode_mask(gt, g));
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(dt_masks.size()));
+  for (size_t d = 0; out != nullptr && d < dt_masks.size(); ++d) {
+    PyObject* row = PyList_New(static_cast<Py_ssize_t>(gt_masks.size()));
+    if (row == nullptr) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyList_SET_ITEM(out, d, row);
+    for (size_t g = 0; g < gt_masks.size(); ++g) {
+      PyObject* value = PyFloat_FromDouble(detzoo::cocoeval::mask_iou(dt_masks[d], gt_masks[g], crowd[g] != 0));
+      if (value == nullptr) {
+        Py_CLEAR(out);
+        break;
+      }
+      PyList_SET_ITEM(row, g, value);
+    }
+  }
+  return out;
+}
+
+PyMethodDef methods[] = {
+    {"evaluate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_evaluate)),
+     METH_VARARGS | METH_KEYWORDS,
+     "Match detections to ground truth per (category, image) pair; returns an opaque evaluation."},
+    {"accumulate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(py_accumulate)),
+     METH_VARARGS | METH_KEYWORDS,
+     "Fill precision [T,R,K,A,M], recall [T,K,A,M] and scores tables from an evaluation."},
+    {"mask_counts", py_mask_counts, METH_VARARGS,
+     "mask_counts(segmentation, height, width) -> canonical run-length counts (test helper)."},
+    {"mask_iou", py_mask_iou, METH_VARARGS,
+     "mask_iou(dt_segms, gt_segms, iscrowd, height, width) -> IoU rows per detection (test helper)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_cocoeval",
+                          "detzoo's C++ COCO evaluation (used by detzoo.evaluation.fast_eval_api).",
+                          -1, methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__cocoeval(void) {
+  if (!intern_keys()) return nullptr;
+  return PyModule_Create(&module_def);
+}
