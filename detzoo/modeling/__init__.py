@@ -38,3 +38,4 @@ from .meta_arch import (
     build_model,
     build_sem_seg_head,
 )
+from .test_time_augmentation import DatasetMapperTTA, GeneralizedRCNNWithTTA
