@@ -10,6 +10,9 @@ Task `ops`: every module `tools/bench/ops_*.py` provides `cases()`, a list of
 `Case(name, ours, peer, peer_name)` (zero-argument callables; inputs built beforehand). Each is
 warmed up once, then timed `--repeat` times; the median is reported with the ratio
 peer / ours (> 1 means detzoo is faster).
+
+Task `data`: images/s of the training data loader (tools/bench/data.py: COCO-style
+augmentation, 2 workers, generated 640x480 JPEGs); `--repeat` rounds, median reported.
 """
 import argparse
 import importlib.util
@@ -53,6 +56,16 @@ def time_fn(fn, repeat):
     return statistics.median(times)
 
 
+def load_module(fname):
+    """Import tools/bench/<fname> as the module `bench_<name>`."""
+    name = "bench_" + fname[:-3]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "bench", fname))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_cases(prefix, name_filter):
     bench_dir = os.path.join(HERE, "bench")
     cases = []
@@ -85,7 +98,11 @@ def run_ops(args):
     return 0
 
 
-TASKS = {"ops": run_ops}
+def run_data(args):
+    return load_module("data.py").run(args)
+
+
+TASKS = {"ops": run_ops, "data": run_data}
 
 
 def main():
