@@ -75,8 +75,9 @@ def _cocoeval_extension():
     headers) with its own flags; -ffp-contract=off keeps IoUs bit-equal to pycocotools'."""
     from setuptools import Extension
     args = ["-O3", "-std=c++17", "-ffp-contract=off", "-pthread"]
-    return Extension("detzoo._cocoeval", ["csrc/cocoeval/cocoeval.cpp"], include_dirs=["csrc"],
-                     extra_compile_args=args, extra_link_args=["-pthread"], language="c++")
+    return Extension("detzoo._cocoeval", ["csrc/cocoeval/cocoeval.cpp"],
+                     include_dirs=[os.path.join(HERE, "csrc")], extra_compile_args=args,
+                     extra_link_args=["-pthread"], language="c++")
 
 
 def _toolkit_with_runtime():
