@@ -186,8 +186,8 @@ inline Geometry check_arguments(const at::Tensor& input, const at::Tensor& weigh
 
   TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight must have a non-empty kernel, got shape ",
               weight.sizes());
-  TORCH_CHECK(g.channels % groups == 0 && weight.size(1) * groups == g.channels, op, ": weight must have shape (C_out, ",
-              g.channels, " / groups = ", g.channels / groups, ", kh, kw) for groups = ", groups, ", got ",
+  TORCH_CHECK(g.channels % groups == 0 && weight.size(1) * groups == g.channels, op,
+              ": weight must have shape (C_out, ", g.channels, " / groups = ", g.channels / groups, ", kh, kw) for groups = ", groups, ", got ",
               weight.sizes());
   TORCH_CHECK(g.out_channels % groups == 0, op, ": weight.size(0) = ", g.out_channels,
               " must be divisible by groups = ", groups);
@@ -218,6 +218,12 @@ inline int64_t images_per_chunk(const Geometry& g) {
   return std::clamp<int64_t>(kColumnBudget / per_image, 1, std::max<int64_t>(g.batch, 1));
 }
 
+// The first `count` images' share of the column buffer, as (groups, rows per group, count * plane).
+inline at::Tensor column_matrix(const at::Tensor& buffer, const Geometry& g, int64_t count) {
+  const int64_t columns = count * g.out_plane();
+  return buffer.narrow(0, 0, g.column_rows() * columns).view({g.groups, g.column_rows() / g.groups, columns});
+}
+
 inline bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
 // `Kernels` provides, for images [first, first + count) of contiguous tensors and a contiguous
@@ -226,7 +232,7 @@ inline bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == a
 //   col2im(g, columns, offset, mask, first, count, grad_input)   adds into grad_input
 //   col2im_coord(g, columns, input, offset, mask, first, count, grad_offset, grad_mask)
 //                                                                writes those images' rows
-// `mask` is undefined-content (never read) when !g.use_mask.
+// `mask` is never read when !g.use_mask.
 template <typename Kernels>
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offset,
                    const at::Tensor& mask, const at::Tensor& bias, int64_t stride_h, int64_t stride_w,
@@ -253,7 +259,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::
   at::Tensor buffer = at::empty({g.column_rows() * step * plane}, input.options());
   for (int64_t first = 0; first < g.batch; first += step) {
     const int64_t count = std::min(step, g.batch - first);
-    at::Tensor columns = buffer.narrow(0, 0, g.column_rows() * count * plane).view({groups, rows_per_group, count * plane});
+    const at::Tensor columns = column_matrix(buffer, g, count);
     Kernels::im2col(g, input_c, offset_c, mask_c, first, count, columns);
     at::Tensor out = output.narrow(0, first, count).view({count, groups, out_per_group, plane});
     for (int64_t grp = 0; grp < groups; ++grp) {
@@ -261,7 +267,8 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::
         at::Tensor out_group = out.select(0, 0).select(0, grp);
         at::mm_out(out_group, weights[grp], columns[grp]);
       } else {
-        out.select(1, grp).copy_(at::mm(weights[grp], columns[grp]).view({out_per_group, count, plane}).transpose(0, 1));
+        const at::Tensor product = at::mm(weights[grp], columns[grp]);
+        out.select(1, grp).copy_(product.view({out_per_group, count, plane}).transpose(0, 1));
       }
     }
   }
@@ -310,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   at::Tensor buffer = at::empty({g.column_rows() * step * plane}, input.options());
   for (int64_t first = 0; first < g.batch; first += step) {
     const int64_t count = std::min(step, g.batch - first);
-    at::Tensor columns = buffer.narrow(0, 0, g.column_rows() * count * plane).view({groups, rows_per_group, count * plane});
+    const at::Tensor columns = column_matrix(buffer, g, count);
     // (groups, out_per_group, count * plane): the output gradient in column order.
     const at::Tensor grad_out = grad_c.narrow(0, first, count)
                                     .view({count, groups, out_per_group, plane})

@@ -142,7 +142,7 @@ void col2im_coord_impl(const Geometry& g, const T* columns, const T* input, cons
                        int64_t first, int64_t count, T* grad_offset, T* grad_mask) {
   const int64_t plane = g.out_plane(), taps = g.taps(), channels_per_group = g.channels_per_offset_group();
   const int64_t rows = count * g.offset_groups * taps;
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain_for(channels_per_group * plane), [&](int64_t begin, int64_t end) {
     Neighbours<T> around[kCoordBlock];
     bool reached[kCoordBlock];
     T acc_y[kCoordBlock], acc_x[kCoordBlock], acc_mask[kCoordBlock];

@@ -117,6 +117,21 @@ def test_zero_offsets_and_unit_mask_equal_conv2d(config):
     torch.testing.assert_close(deform_conv(input, offset, weight, **params), expected - bias.view(1, -1, 1, 1))
 
 
+def test_gradients_at_zero_offsets_match_torchvision():
+    # With padding, zero offsets put samples exactly on the edge y = -1 or x = -1, where the
+    # value is 0 but the (one-sided) derivative with respect to the offset is not.
+    tensors, params = _inputs(CONFIGS["stride2_dilation2"])
+    tensors = (tensors[0], tensors[1], torch.zeros_like(tensors[2]), tensors[3], tensors[4])
+    ours_leaves = [t.clone().requires_grad_() for t in tensors]
+    peer_leaves = [t.clone().requires_grad_() for t in tensors]
+    grad_output = torch.randn(2, 6, 6, 5, dtype=torch.float64)
+    _ours(*ours_leaves, params, True).backward(grad_output)
+    _torchvision(*peer_leaves, params, True).backward(grad_output)
+    assert peer_leaves[2].grad.abs().sum() > 0
+    for mine, peer in zip(ours_leaves, peer_leaves):
+        torch.testing.assert_close(mine.grad, peer.grad)
+
+
 def test_multiple_image_chunks():
     # 32 channels * 9 taps * 176 * 176 positions exceed half of the 2^24-element column budget,
     # so each image is its own im2col chunk. The forward is checked against torchvision; the
