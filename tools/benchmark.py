@@ -11,6 +11,10 @@ Task `ops`: every module `tools/bench/ops_*.py` provides `cases()`, a list of
 warmed up once, then timed `--repeat` times; the median is reported with the ratio
 peer / ours (> 1 means detzoo is faster).
 
+Task `coco-eval`: evaluate() + accumulate() of detzoo's COCOeval_opt and of pycocotools,
+faster-coco-eval and hotcoco on a generated COCO-like set (tools/bench/coco_eval.py; `--filter`
+picks bbox / segm / keypoints, `--images` the set size).
+
 Task `data`: images/s of the training data loader (tools/bench/data.py: COCO-style
 augmentation, 2 workers, generated 640x480 JPEGs); `--repeat` rounds, median reported.
 """
@@ -102,7 +106,12 @@ def run_data(args):
     return load_module("data.py").run(args)
 
 
-TASKS = {"ops": run_ops, "data": run_data}
+def run_coco_eval(args):
+    """COCO evaluation (evaluate + accumulate) against pycocotools, faster-coco-eval, hotcoco."""
+    return load_module("coco_eval.py").run(args)
+
+
+TASKS = {"ops": run_ops, "data": run_data, "coco-eval": run_coco_eval}
 
 
 def main():
@@ -111,6 +120,7 @@ def main():
     ap.add_argument("--filter", help="only cases whose name contains this string")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--images", type=int, default=5000, help="coco-eval: images in the generated set")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(cpu_report(), flush=True)

@@ -67,6 +67,22 @@ inline bool higher_score(double a, double b) {
   return a > b;
 }
 
+// Stable sort of annotation indices by descending score. Most (category, image) pairs hold a
+// handful of detections: insertion sort (stable too) spares std::stable_sort's buffer.
+void sort_by_score(std::vector<int64_t>* indices, const std::vector<double>& scores) {
+  auto before = [&scores](int64_t a, int64_t b) { return higher_score(scores[a], scores[b]); };
+  if (indices->size() > 32) {
+    std::stable_sort(indices->begin(), indices->end(), before);
+    return;
+  }
+  for (size_t j = 1; j < indices->size(); ++j) {
+    const int64_t value = (*indices)[j];
+    size_t i = j;
+    for (; i > 0 && before(value, (*indices)[i - 1]); --i) (*indices)[i] = (*indices)[i - 1];
+    (*indices)[i] = value;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Masks
 
@@ -395,9 +411,7 @@ class PairEvaluator {
  private:
   // Stable sort by score, keep the best max_detections (pycocotools sorts with mergesort).
   void keep_best_detections() {
-    std::stable_sort(dts_.begin(), dts_.end(), [this](int64_t a, int64_t b) {
-      return higher_score(dt_.score[a], dt_.score[b]);
-    });
+    sort_by_score(&dts_, dt_.score);
     if (static_cast<int64_t>(dts_.size()) > p_.max_detections) dts_.resize(p_.max_detections);
   }
 
@@ -505,9 +519,10 @@ class PairEvaluator {
     out_->num_valid_gt[(category_ * p_.area_ranges.size() + area_index) * num_images + image_] = num_valid;
 
     const size_t num_thresholds = p_.iou_thresholds.size();
-    const int64_t total = static_cast<int64_t>(out_->scores.size());
+    const size_t num_areas = p_.area_ranges.size();
     for (size_t t = 0; t < num_thresholds; ++t) {
-      uint8_t* outcomes = out_->outcomes.data() + (area_index * num_thresholds + t) * total + offset;
+      uint8_t* outcomes = out_->outcomes.data() + (offset * num_areas + area_index) * num_thresholds + t;
+      const size_t stride = num_areas * num_thresholds;
       taken_.assign(num_gt, 0);
       for (size_t d = 0; d < num_dt; ++d) {
         const int64_t m = ious_.empty() ? -1 : best_match(d, p_.iou_thresholds[t]);
@@ -523,7 +538,7 @@ class PairEvaluator {
           const double area = dt_.area[dts_[d]];
           ignored = ignored || area < lo || area > hi;
         }
-        outcomes[d] = ignored ? kIgnored : (matched ? kTruePositive : kFalsePositive);
+        outcomes[d * stride] = ignored ? kIgnored : (matched ? kTruePositive : kFalsePositive);
       }
     }
   }
@@ -567,50 +582,89 @@ class PairEvaluator {
 // accumulate()
 
 // Precision / recall of one (category, area range, max detections) cell for every IoU
-// threshold, with pycocotools' arithmetic (see accumulate() in its cocoeval.py).
+// threshold, equal to pycocotools' accumulate(). pycocotools builds recall and precision at
+// every detection, makes precision non-increasing from the right, then samples it at the first
+// detection whose recall reaches each recall threshold. Recall only grows at true positives and
+// precision only rises there, so only they are kept: the sampled detection is a true positive
+// (or the first detection, for a threshold <= 0), and the maximum of precision from it onwards
+// is the maximum over the true positives from it onwards. The values are computed with
+// pycocotools' operations, so they are the same doubles.
 class CurveBuilder {
  public:
   CurveBuilder(const Evaluation& ev, const AccumulateParams& p, double* precision, double* recall,
                double* scores)
-      : ev_(ev), p_(p), precision_(precision), recall_(recall), scores_(scores) {}
+      : ev_(ev), p_(p), precision_(precision), recall_(recall), scores_(scores),
+        hits_(static_cast<size_t>(ev.num_thresholds)) {}
 
   // `detections`: kept detections in score order; `num_valid_gt` > 0.
   void fill(int64_t k, int64_t a, int64_t m, int64_t area_index,
             const std::vector<int64_t>& detections, int64_t num_valid_gt) {
     const int64_t num_thresholds = ev_.num_thresholds;
-    const int64_t total = static_cast<int64_t>(ev_.scores.size());
-    const size_t nd = detections.size();
-    const int64_t num_recall = static_cast<int64_t>(p_.recall_thresholds.size());
-    recalls_.resize(nd);
-    precisions_.resize(nd);
+    count_true_positives(detections, area_index);
     for (int64_t t = 0; t < num_thresholds; ++t) {
-      const uint8_t* outcomes = ev_.outcomes.data() + (area_index * num_thresholds + t) * total;
-      double tp = 0, fp = 0;
-      for (size_t j = 0; j < nd; ++j) {
-        const uint8_t outcome = outcomes[detections[j]];
-        tp += outcome == kTruePositive;
-        fp += outcome == kFalsePositive;
-        recalls_[j] = tp / static_cast<double>(num_valid_gt);
-        precisions_[j] = tp / (fp + tp + kEps);
+      std::vector<Hit>& hits = hits_[t];
+      recall_[cell(t, k, a, m)] = detections.empty() ? 0 : static_cast<double>(hits.size()) / num_valid_gt;
+      for (size_t i = hits.size(); i-- > 1;) {
+        hits[i - 1].precision = std::max(hits[i - 1].precision, hits[i].precision);
       }
-      recall_[cell(t, k, a, m)] = nd ? recalls_[nd - 1] : 0;
-      for (size_t j = nd; j-- > 1;) {
-        if (precisions_[j] > precisions_[j - 1]) precisions_[j - 1] = precisions_[j];
-      }
-      // Precision at each recall threshold: at the first detection reaching it, 0 past the end
-      // (pycocotools stops at the first threshold out of reach).
       bool reached = true;
-      for (int64_t r = 0; r < num_recall; ++r) {
-        const size_t j = static_cast<size_t>(
-            std::lower_bound(recalls_.begin(), recalls_.end(), p_.recall_thresholds[r]) - recalls_.begin());
-        reached = reached && j < nd;
-        precision_[cell(t, r, k, a, m)] = reached ? precisions_[j] : 0;
-        scores_[cell(t, r, k, a, m)] = reached ? ev_.scores[detections[j]] : 0;
+      for (size_t r = 0; r < p_.recall_thresholds.size(); ++r) {
+        const double threshold = p_.recall_thresholds[r];
+        size_t position = detections.size(), hit = hits.size();
+        if (threshold <= 0) {
+          position = 0;  // recall 0 already reaches it, at the first detection
+          hit = 0;
+        } else {
+          // first true positive i with recall (i + 1) / num_valid_gt >= threshold
+          size_t lo = 0, hi = hits.size();
+          while (lo < hi) {
+            const size_t mid = (lo + hi) / 2;
+            if (static_cast<double>(mid + 1) / num_valid_gt < threshold) {
+              lo = mid + 1;
+            } else {
+              hi = mid;
+            }
+          }
+          if (lo < hits.size()) {
+            position = hits[lo].position;
+            hit = lo;
+          }
+        }
+        reached = reached && position < detections.size();
+        const int64_t out = cell(t, static_cast<int64_t>(r), k, a, m);
+        precision_[out] = reached && hit < hits.size() ? hits[hit].precision : 0;
+        scores_[out] = reached ? ev_.scores[detections[position]] : 0;
       }
     }
   }
 
  private:
+  struct Hit {
+    size_t position;   // in `detections`
+    double precision;  // at it, then the maximum from it onwards
+  };
+
+  // One pass over the detections for all IoU thresholds (their outcomes are contiguous).
+  void count_true_positives(const std::vector<int64_t>& detections, int64_t area_index) {
+    const int64_t num_thresholds = ev_.num_thresholds;
+    true_positives_.assign(num_thresholds, 0);
+    false_positives_.assign(num_thresholds, 0);
+    for (auto& hits : hits_) hits.clear();
+    for (size_t j = 0; j < detections.size(); ++j) {
+      const uint8_t* outcomes =
+          ev_.outcomes.data() + (detections[j] * ev_.num_areas + area_index) * num_thresholds;
+      for (int64_t t = 0; t < num_thresholds; ++t) {
+        if (outcomes[t] == kTruePositive) {
+          const double tp = static_cast<double>(++true_positives_[t]);
+          const double fp = static_cast<double>(false_positives_[t]);
+          hits_[t].push_back({j, tp / (fp + tp + kEps)});
+        } else if (outcomes[t] == kFalsePositive) {
+          ++false_positives_[t];
+        }
+      }
+    }
+  }
+
   int64_t cell(int64_t t, int64_t k, int64_t a, int64_t m) const {
     return ((t * p_.out_categories + k) * p_.out_areas + a) * p_.out_max_detections + m;
   }
@@ -624,7 +678,8 @@ class CurveBuilder {
   double* precision_;
   double* recall_;
   double* scores_;
-  std::vector<double> recalls_, precisions_;
+  std::vector<std::vector<Hit>> hits_;  // per IoU threshold: the true positives in order
+  std::vector<int64_t> true_positives_, false_positives_;
 };
 
 }  // namespace
@@ -715,9 +770,7 @@ void accumulate(const Evaluation& ev, const AccumulateParams& p, double* precisi
       for (int64_t n = ev.category_begin[category]; n < ev.category_begin[category + 1]; ++n) {
         if (selected[ev.images[n]] && ev.ranks[n] < largest_max_det) sorted.push_back(n);
       }
-      std::stable_sort(sorted.begin(), sorted.end(), [&ev](int64_t a, int64_t b) {
-        return higher_score(ev.scores[a], ev.scores[b]);
-      });
+      sort_by_score(&sorted, ev.scores);
       for (size_t a = 0; a < p.areas.size(); ++a) {
         const int64_t area_index = p.areas[a];
         const int32_t* valid = ev.num_valid_gt.data() + (category * ev.num_areas + area_index) * ev.num_images;
@@ -968,7 +1021,15 @@ class AnnotationReader {
                    Annotations* out, std::vector<PyObject*>* keep_alive)
       : ground_truth_(ground_truth), iou_type_(iou_type), image_index_(image_index),
         category_index_(category_index), image_sizes_(image_sizes),
-        num_keypoints_(num_keypoints), out_(out), keep_alive_(keep_alive) {}
+        num_keypoints_(num_keypoints), out_(out), keep_alive_(keep_alive) {
+    prefetched_keys_ = {keys.image_id, keys.category_id, keys.id, keys.area,
+                        ground_truth_ ? keys.iscrowd : keys.score};
+    if (iou_type == IouType::kBbox || (iou_type == IouType::kKeypoints && ground_truth_)) {
+      prefetched_keys_.push_back(keys.bbox);
+    }
+    if (iou_type == IouType::kKeypoints) prefetched_keys_.push_back(keys.keypoints);
+    if (iou_type == IouType::kSegm) prefetched_keys_.push_back(keys.segmentation);
+  }
 
   bool read(PyObject* annotations) {
     PyObject* fast = PySequence_Fast(annotations, "annotations must be a list of dicts");
@@ -976,12 +1037,46 @@ class AnnotationReader {
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     PyObject** items = PySequence_Fast_ITEMS(fast);
     bool ok = true;
-    for (Py_ssize_t j = 0; j < n && ok; ++j) ok = read_one(items[j], j);
+    for (Py_ssize_t j = 0; j < n && ok; ++j) {
+      prefetch(items, j, n);
+      ok = read_one(items[j], j);
+    }
     Py_DECREF(fast);
     return ok;
   }
 
  private:
+  // The annotation dicts are scattered over the heap, and reading one is a chain of cache
+  // misses: the dict, its key table, each value, a list's items. Fetching these a few
+  // annotations ahead, stage by stage, overlaps the misses (about 2x faster reading).
+  void prefetch(PyObject** items, Py_ssize_t j, Py_ssize_t n) const {
+    constexpr Py_ssize_t kDict = 12, kKeyTable = 6, kValues = 3, kListItems = 1;
+    if (j + kDict < n) __builtin_prefetch(items[j + kDict]);
+    if (j + kKeyTable < n && PyDict_CheckExact(items[j + kKeyTable])) {
+      const char* table = reinterpret_cast<const char*>(
+          reinterpret_cast<PyDictObject*>(items[j + kKeyTable])->ma_keys);
+      for (int line = 0; line < 6; ++line) __builtin_prefetch(table + 64 * line);
+    }
+    if (j + kValues < n && PyDict_CheckExact(items[j + kValues])) {
+      for (PyObject* key : prefetched_keys_) {
+        PyObject* value = PyDict_GetItemWithError(items[j + kValues], key);
+        if (value != nullptr) __builtin_prefetch(value);
+      }
+      PyErr_Clear();  // errors are reported when the annotation is read
+    }
+    if (j + kListItems < n && PyDict_CheckExact(items[j + kListItems])) {
+      for (PyObject* key : prefetched_keys_) {
+        PyObject* value = PyDict_GetItemWithError(items[j + kListItems], key);
+        if (value == nullptr || !PyList_CheckExact(value)) continue;
+        PyObject** list_items = reinterpret_cast<PyListObject*>(value)->ob_item;
+        const Py_ssize_t size = PyList_GET_SIZE(value);
+        for (Py_ssize_t i = 0; i < size; i += 8) __builtin_prefetch(list_items + i);
+        for (Py_ssize_t i = 0; i < std::min<Py_ssize_t>(size, 8); ++i) __builtin_prefetch(list_items[i]);
+      }
+      PyErr_Clear();
+    }
+  }
+
   bool read_one(PyObject* ann, Py_ssize_t position) {
     position_ = position;
     id_obj_ = Py_None;
@@ -1127,6 +1222,7 @@ class AnnotationReader {
   std::vector<PyObject*>* const keep_alive_;
   Py_ssize_t position_ = 0;
   PyObject* id_obj_ = Py_None;
+  std::vector<PyObject*> prefetched_keys_;
 };
 
 // Drops the references taken on compressed RLE strings.

@@ -86,7 +86,7 @@ struct Evaluation {
   std::vector<double> scores;           // [N]
   std::vector<int32_t> images;          // [N]
   std::vector<int32_t> ranks;           // [N] rank by score within its (category, image)
-  std::vector<uint8_t> outcomes;        // [A][T][N], values of Outcome
+  std::vector<uint8_t> outcomes;        // [N][A][T], values of Outcome
   std::vector<int32_t> num_valid_gt;    // [K][A][I] ground truth not ignored in that area range
 };
 
