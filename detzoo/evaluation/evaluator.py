@@ -155,7 +155,7 @@ def inference_context(model):
 def _as_evaluator(evaluator):
     if evaluator is None:
         return DatasetEvaluators([])
-    if isinstance(evaluator, abc.MutableSequence):
+    if isinstance(evaluator, (abc.MutableSequence, tuple)):
         return DatasetEvaluators(evaluator)
     if not all(hasattr(evaluator, name) for name in ("reset", "process", "evaluate")):
         raise TypeError("inference_on_dataset: evaluator must be a DatasetEvaluator (reset/process/evaluate), "
