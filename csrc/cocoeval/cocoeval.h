@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace detzoo {
@@ -124,7 +125,15 @@ struct Mask {
   std::array<double, 4> box = {0, 0, 0, 0};
 };
 
-Mask decode_mask(const Annotations& annotations, int64_t index);
+// Buffers reused by decode_mask() from one mask to the next.
+struct MaskScratch {
+  std::vector<uint32_t> toggles;
+  std::vector<std::pair<uint32_t, uint32_t>> runs;
+  Mask part;
+};
+
+// Decodes the mask of annotation `index` into `out` (its storage reused).
+void decode_mask(const Annotations& annotations, int64_t index, Mask* out, MaskScratch* scratch);
 
 // pycocotools' mask IoU: -1 for masks of different sizes whose boxes overlap, and
 // intersection / area(dt) against a crowd region.
