@@ -41,20 +41,12 @@ class ColorMode(Enum):
 
 def convert_image_to_rgb(image, input_format):
     """A model-input image (Tensor or array, HWC, in `input_format` channel order: "BGR",
-    "RGB", "L", "YUV-BT.601") -> (H, W, 3) uint8 RGB."""
-    if isinstance(image, torch.Tensor):
-        image = image.cpu().numpy()
-    if input_format == "BGR":
-        image = image[:, :, [2, 1, 0]]
-    elif input_format == "YUV-BT.601":
-        yuv_to_rgb = np.array([[1.0, 0.0, 1.13983], [1.0, -0.39465, -0.58060], [1.0, 2.03211, 0.0]])
-        image = np.dot(image, yuv_to_rgb.T) * 255.0
-    else:
-        if input_format == "L":
-            image = image[:, :, 0]
-        image = image.astype(np.uint8)
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
+    "RGB", "L", "YUV-BT.601") -> (H, W, 3) uint8 RGB, ready to draw on."""
+    from detzoo.data.detection_utils import convert_image_to_rgb as to_rgb
+
+    image = np.asarray(to_rgb(image, input_format))
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
