@@ -90,10 +90,14 @@ class Detectron2Handler(PathHandler):
 
 
 class CachedHTTPHandler(HTTPURLHandler):
-    """http(s) URLs, cached under <cache>/http/<host>/<path> with the same offline message."""
+    """http(s) URLs, cached under <cache>/http/<host>/<path> (Detectron2's published files under
+    <cache>/detectron2/, shared with detectron2:// URLs), with the same offline message."""
 
     def _get_local_path(self, path, force=False, **kwargs):
-        relative = os.path.join("http", re.sub(r"^https?://", "", path).split("?")[0])
+        if path.startswith(DETECTRON2_URL_PREFIX):  # the file detectron2://... names: one cached copy
+            relative = os.path.join("detectron2", path[len(DETECTRON2_URL_PREFIX):].split("?")[0])
+        else:
+            relative = os.path.join("http", re.sub(r"^https?://", "", path).split("?")[0])
         return download_to_cache(path, relative)
 
 
