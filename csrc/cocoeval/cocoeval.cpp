@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -61,6 +64,24 @@ void parallel_for(int64_t n, int64_t grain, int num_threads, const Fn& fn) {
 // numpy's np.spacing(1): pycocotools adds it to OKS areas and precision denominators.
 constexpr double kEps = std::numeric_limits<double>::epsilon();
 
+// Adds the seconds since the last lap to a stage's total; does nothing when not profiling.
+class Stopwatch {
+ public:
+  explicit Stopwatch(bool enabled) : enabled_(enabled) {
+    if (enabled_) last_ = std::chrono::steady_clock::now();
+  }
+  void lap(double* total) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    *total += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point last_;
+};
+
 // Descending score, NaN last, as numpy's stable argsort of -score orders them.
 inline bool higher_score(double a, double b) {
   if (std::isnan(b)) return !std::isnan(a);
@@ -99,6 +120,7 @@ class MaskBuilder {
     mask_->runs.clear();
     mask_->area = 0;
     height_ = static_cast<uint32_t>(height);
+    inverse_height_ = height_ > 0 ? 1.0 / height_ : 0;
     position_ = 0;
     index_ = 0;
     x_min_ = static_cast<uint32_t>(width);
@@ -134,9 +156,14 @@ class MaskBuilder {
 
  private:
   void extend_box(uint32_t pixel, bool run_end) {
-    // pixel / height and pixel % height, dividing only when the pixel leaves the last column
+    // pixel / height and pixel % height, computed only when the pixel leaves the last column,
+    // by a multiplication by 1 / height corrected to the exact quotient (a division costs
+    // several times more, once per run)
     if (pixel - column_start_ >= height_) {
-      column_ = pixel / height_;
+      uint64_t column = static_cast<uint64_t>(pixel * inverse_height_);
+      while (column * height_ > pixel) --column;
+      while ((column + 1) * height_ <= pixel) ++column;
+      column_ = static_cast<uint32_t>(column);
       column_start_ = column_ * height_;
     }
     const uint32_t x = column_;
@@ -157,6 +184,7 @@ class MaskBuilder {
   uint32_t height_ = 0, position_ = 0, index_ = 0;
   uint32_t x_min_ = 0, y_min_ = 0, x_max_ = 0, y_max_ = 0, run_column_ = 0;
   uint32_t column_ = 0, column_start_ = 0;
+  double inverse_height_ = 0;
 };
 
 // Decodes a compressed RLE string. pycocotools' format: each count is a little-endian series of
@@ -425,6 +453,13 @@ Groups group_annotations(const Annotations& a, const EvaluateParams& p) {
   return groups;
 }
 
+// The lowest IoU threshold as matching uses it (pycocotools caps thresholds below 1).
+double lowest_threshold(const std::vector<double>& thresholds) {
+  double lowest = std::numeric_limits<double>::infinity();
+  for (double t : thresholds) lowest = std::min(lowest, std::min(t, 1 - 1e-10));
+  return lowest;
+}
+
 // Evaluates (category, image) pairs, reusing its buffers from one pair to the next.
 class PairEvaluator {
  public:
@@ -442,12 +477,19 @@ class PairEvaluator {
     if (gts_.empty() && dts_.empty()) return;
     category_ = group / out_->num_images;
     image_ = group % out_->num_images;
+    Stopwatch watch(p_.stage_seconds != nullptr);
     keep_best_detections();
     store_detections(kept_begin_[group]);
-    compute_ious();
+    watch.lap(&seconds_.sorting);
+    compute_ious(&watch);
     compute_best_ious();
+    watch.lap(&seconds_.ious);
     for (size_t a = 0; a < p_.area_ranges.size(); ++a) match(a, kept_begin_[group]);
+    watch.lap(&seconds_.matching);
   }
+
+  // Stage times of the pairs run so far (when profiling).
+  const StageSeconds& seconds() const { return seconds_; }
 
  private:
   // Stable sort by score, keep the best max_detections (pycocotools sorts with mergesort).
@@ -466,7 +508,7 @@ class PairEvaluator {
 
   // ious_[d * G + g] for kept detection d and ground truth g (group order); left empty when
   // pycocotools has no IoU matrix for the pair.
-  void compute_ious() {
+  void compute_ious(Stopwatch* watch) {
     const size_t num_gt = gts_.size(), num_dt = dts_.size();
     ious_.clear();
     if (num_gt == 0 || num_dt == 0) return;
@@ -481,13 +523,13 @@ class PairEvaluator {
         }
       }
     } else if (p_.iou_type == IouType::kSegm) {
-      compute_mask_ious();
+      compute_mask_ious(watch);
     } else {
       compute_oks();
     }
   }
 
-  void compute_mask_ious() {
+  void compute_mask_ious(Stopwatch* watch) {
     const size_t num_gt = gts_.size(), num_dt = dts_.size();
     gt_masks_.resize(num_gt);
     dt_masks_.resize(num_dt);
@@ -498,6 +540,7 @@ class PairEvaluator {
       if (d + 2 < num_dt) __builtin_prefetch(dt_.masks[dts_[d + 2]].text);
       decode_mask(dt_, dts_[d], &dt_masks_[d], &mask_scratch_);
     }
+    watch->lap(&seconds_.decoding);
     for (size_t d = 0; d < num_dt; ++d) {
       for (size_t g = 0; g < num_gt; ++g) {
         ious_[d * num_gt + g] = mask_iou(dt_masks_[d], gt_masks_[g], gt_.crowd[gts_[g]]);
@@ -544,9 +587,11 @@ class PairEvaluator {
 
   // Each detection's best IoU (+inf if one is NaN, which pycocotools would match): below a
   // threshold, the detection matches nothing there and the ground truth need not be scanned.
+  // The candidates are the detections that may match at some threshold.
   void compute_best_ious() {
     const size_t num_gt = gts_.size(), num_dt = dts_.size();
     best_ious_.assign(num_dt, -std::numeric_limits<double>::infinity());
+    candidates_.clear();
     if (ious_.empty()) return;
     for (size_t d = 0; d < num_dt; ++d) {
       double best = best_ious_[d];
@@ -556,6 +601,7 @@ class PairEvaluator {
         if (std::isinf(best) && best > 0) break;
       }
       best_ious_[d] = best;
+      if (best >= lowest_threshold_) candidates_.push_back(d);
     }
   }
 
@@ -582,27 +628,31 @@ class PairEvaluator {
     out_->num_valid_gt[(category_ * p_.area_ranges.size() + area_index) * num_images + image_] = num_valid;
 
     const size_t num_thresholds = p_.iou_thresholds.size();
-    const size_t num_areas = p_.area_ranges.size();
+    const size_t stride = p_.area_ranges.size() * num_thresholds;
+    uint8_t* outcomes = out_->outcomes.data() + (offset * p_.area_ranges.size() + area_index) * num_thresholds;
+    // Unmatched first: ignored outside the area range, false positives inside.
+    for (size_t d = 0; d < num_dt; ++d) {
+      const double area = dt_.area[dts_[d]];
+      std::memset(outcomes + d * stride, area < lo || area > hi ? kIgnored : kFalsePositive, num_thresholds);
+    }
+    if (candidates_.empty()) return;
     for (size_t t = 0; t < num_thresholds; ++t) {
-      uint8_t* outcomes = out_->outcomes.data() + (offset * num_areas + area_index) * num_thresholds + t;
-      const size_t stride = num_areas * num_thresholds;
+      const double threshold = std::min(p_.iou_thresholds[t], 1 - 1e-10);
       taken_.assign(num_gt, 0);
-      for (size_t d = 0; d < num_dt; ++d) {
-        const double threshold = std::min(p_.iou_thresholds[t], 1 - 1e-10);
-        const int64_t m = ious_.empty() || best_ious_[d] < threshold ? -1 : best_match(d, threshold);
-        bool matched = false, ignored = false;
-        if (m >= 0) {
-          const int64_t gt_index = gts_[gt_order_[m]];
-          ignored = ignored_[m];
-          // pycocotools records matches by annotation id, and id 0 reads as "no match"
-          matched = gt_.id[gt_index] != 0;
-          taken_[m] = dt_.id[dts_[d]] > 0;
-        }
+      for (size_t d : candidates_) {
+        if (best_ious_[d] < threshold) continue;
+        const int64_t m = best_match(d, threshold);
+        if (m < 0) continue;
+        const int64_t gt_index = gts_[gt_order_[m]];
+        // pycocotools records matches by annotation id, and id 0 reads as "no match"
+        const bool matched = gt_.id[gt_index] != 0;
+        taken_[m] = dt_.id[dts_[d]] > 0;
+        bool ignored = ignored_[m];
         if (!matched) {
           const double area = dt_.area[dts_[d]];
           ignored = ignored || area < lo || area > hi;
         }
-        outcomes[d * stride] = ignored ? kIgnored : (matched ? kTruePositive : kFalsePositive);
+        outcomes[d * stride + t] = ignored ? kIgnored : (matched ? kTruePositive : kFalsePositive);
       }
     }
   }
@@ -641,109 +691,176 @@ class PairEvaluator {
   MaskScratch mask_scratch_;
   std::vector<size_t> gt_order_;
   std::vector<uint8_t> ignored_, taken_;
+  std::vector<size_t> candidates_;
+  double lowest_threshold_ = lowest_threshold(p_.iou_thresholds);
+  StageSeconds seconds_;
 };
 
 // ----------------------------------------------------------------------------------------------
 // accumulate()
 
-// Precision / recall of one (category, area range, max detections) cell for every IoU
-// threshold, equal to pycocotools' accumulate(). pycocotools builds recall and precision at
-// every detection, makes precision non-increasing from the right, then samples it at the first
-// detection whose recall reaches each recall threshold. Recall only grows at true positives and
-// precision only rises there, so only they are kept: the sampled detection is a true positive
-// (or the first detection, for a threshold <= 0), and the maximum of precision from it onwards
-// is the maximum over the true positives from it onwards. The values are computed with
-// pycocotools' operations, so they are the same doubles.
-// A category's kept detections of the selected images in score order, with their outcomes
-// copied next to each other: the passes over them then read memory in order.
+// One category's detections of the selected images in pycocotools' order (descending score,
+// ties in (image, rank) order), with their outcomes copied next to each other so that the pass
+// over them reads memory in order.
 struct CategoryDetections {
   std::vector<double> scores;
   std::vector<int32_t> ranks;
   std::vector<uint8_t> outcomes;  // [detection][A][T]
 };
 
+// Sort key of a score: ascending keys give descending scores, ties kept, NaN last, and -0 equal
+// to +0 (numpy's argsort of -score).
+inline uint64_t descending_key(double score) {
+  if (std::isnan(score)) return std::numeric_limits<uint64_t>::max();
+  if (score == 0) score = 0;  // -0.0 -> +0.0
+  uint64_t bits;
+  std::memcpy(&bits, &score, sizeof(bits));
+  // IEEE order as unsigned integers, ascending, then flipped
+  bits = (bits >> 63) ? ~bits : bits | (uint64_t{1} << 63);
+  return ~bits;
+}
+
+// Stable LSD radix sort of (key, value) pairs by key, one byte per pass; passes where every key
+// shares the byte are skipped (scores in [0, 1] share most of their high bytes).
+void radix_sort(std::vector<std::pair<uint64_t, int64_t>>* items, std::vector<std::pair<uint64_t, int64_t>>* buffer) {
+  const size_t n = items->size();
+  if (n < 2) return;
+  if (n <= 64) {
+    std::stable_sort(items->begin(), items->end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    return;
+  }
+  buffer->resize(n);
+  std::vector<uint32_t> counts(8 * 256, 0);
+  for (const auto& item : *items) {
+    for (int b = 0; b < 8; ++b) ++counts[b * 256 + ((item.first >> (8 * b)) & 0xff)];
+  }
+  for (int b = 0; b < 8; ++b) {
+    uint32_t* count = counts.data() + b * 256;
+    if (count[(items->front().first >> (8 * b)) & 0xff] == n) continue;
+    uint32_t total = 0;
+    for (int v = 0; v < 256; ++v) {
+      const uint32_t c = count[v];
+      count[v] = total;
+      total += c;
+    }
+    for (const auto& item : *items) (*buffer)[count[(item.first >> (8 * b)) & 0xff]++] = item;
+    items->swap(*buffer);
+  }
+}
+
+// Precision / recall / score tables of one category for every (area range, max detections, IoU
+// threshold), equal to pycocotools' accumulate(). pycocotools builds recall and precision at
+// every detection, makes precision non-increasing from the right, then samples it at the first
+// detection whose recall reaches each recall threshold. Recall only grows at true positives and
+// precision only rises there, so only they are kept: the sampled detection is a true positive
+// (or the first detection, for a threshold <= 0), and the maximum of precision from it onwards
+// is the maximum over the true positives from it onwards. The values are computed with
+// pycocotools' operations, so they are the same doubles.
 class CurveBuilder {
  public:
   CurveBuilder(const Evaluation& ev, const AccumulateParams& p, double* precision, double* recall,
                double* scores)
       : ev_(ev), p_(p), precision_(precision), recall_(recall), scores_(scores) {}
 
-  // `detections`: the detections of `category` counted (positions in it, in score order);
-  // `num_valid_gt` > 0.
-  void fill(int64_t k, int64_t a, int64_t m, int64_t area_index, const CategoryDetections& category,
-            const std::vector<int64_t>& detections, int64_t num_valid_gt) {
+  // `num_valid_gt[a]`: ground truth of area range p.areas[a] not ignored, over the selected
+  // images.
+  void fill(int64_t k, const CategoryDetections& category, const std::vector<int64_t>& num_valid_gt) {
+    count_true_positives(category);
     const int64_t num_thresholds = ev_.num_thresholds;
-    count_true_positives(category, detections, area_index);
-    for (int64_t t = 0; t < num_thresholds; ++t) {
-      const Hit* hits = hits_[t].data();
-      const size_t num_hits = hits_[t].size();
-      recall_[cell(t, k, a, m)] = detections.empty() ? 0 : static_cast<double>(num_hits) / num_valid_gt;
-      // precision at each true positive, then its maximum from there onwards
-      precisions_.resize(num_hits);
-      for (size_t i = 0; i < num_hits; ++i) {
-        const double tp = static_cast<double>(i + 1), fp = static_cast<double>(hits[i].false_positives);
-        precisions_[i] = tp / (fp + tp + kEps);
-      }
-      for (size_t i = num_hits; i-- > 1;) precisions_[i - 1] = std::max(precisions_[i - 1], precisions_[i]);
-      bool reached = true;
-      for (size_t r = 0; r < p_.recall_thresholds.size(); ++r) {
-        const double threshold = p_.recall_thresholds[r];
-        size_t position = detections.size(), hit = num_hits;
-        if (threshold <= 0) {
-          position = 0;  // recall 0 already reaches it, at the first detection
-          hit = 0;
-        } else {
-          // first true positive i with recall (i + 1) / num_valid_gt >= threshold
-          size_t lo = 0, hi = num_hits;
-          while (lo < hi) {
-            const size_t mid = (lo + hi) / 2;
-            if (static_cast<double>(mid + 1) / num_valid_gt < threshold) {
-              lo = mid + 1;
-            } else {
-              hi = mid;
-            }
-          }
-          if (lo < num_hits) {
-            position = hits[lo].position;
-            hit = lo;
-          }
+    for (size_t m = 0; m < p_.max_detections.size(); ++m) {
+      const std::vector<int32_t>& detections = detections_[m];
+      for (size_t a = 0; a < p_.areas.size(); ++a) {
+        if (num_valid_gt[a] == 0) continue;  // precision and recall stay -1
+        for (int64_t t = 0; t < num_thresholds; ++t) {
+          const std::vector<Hit>& hits = hits_[(m * ev_.num_areas + p_.areas[a]) * num_thresholds + t];
+          fill_cell(t, k, static_cast<int64_t>(a), static_cast<int64_t>(m), category, detections, hits,
+                    num_valid_gt[a]);
         }
-        reached = reached && position < detections.size();
-        const int64_t out = cell(t, static_cast<int64_t>(r), k, a, m);
-        precision_[out] = reached && hit < num_hits ? precisions_[hit] : 0;
-        scores_[out] = reached ? category.scores[detections[position]] : 0;
       }
     }
   }
 
  private:
   struct Hit {
-    int64_t position;         // in `detections`
-    int64_t false_positives;  // up to it
+    int32_t position;         // in detections_[m]
+    int32_t false_positives;  // up to it
   };
 
-  // One pass over the detections for all IoU thresholds (their outcomes are contiguous),
-  // recording the true positives. Outcomes are unpredictable, so false positives are counted
-  // without branches and only detections with a true positive somewhere take the slow path.
-  void count_true_positives(const CategoryDetections& category, const std::vector<int64_t>& detections,
-                            int64_t area_index) {
-    const int64_t num_thresholds = ev_.num_thresholds;
-    hits_.resize(num_thresholds);
+  // One pass over the detections for every max detections value, area range and IoU threshold
+  // (a detection's outcomes are contiguous), recording the true positives. Outcomes are
+  // unpredictable, so false positives are counted without branches and only detections with a
+  // true positive somewhere take the slow path.
+  void count_true_positives(const CategoryDetections& category) {
+    const size_t num_max_dets = p_.max_detections.size();
+    const int64_t row = ev_.num_areas * ev_.num_thresholds;
+    hits_.resize(num_max_dets * row);
     for (auto& hits : hits_) hits.clear();
-    false_positives_.assign(num_thresholds, 0);
-    int64_t* false_positives = false_positives_.data();
-    for (size_t j = 0; j < detections.size(); ++j) {
-      const uint8_t* outcomes =
-          category.outcomes.data() + (detections[j] * ev_.num_areas + area_index) * num_thresholds;
+    false_positives_.assign(num_max_dets * row, 0);
+    detections_.resize(num_max_dets);
+    for (auto& detections : detections_) detections.clear();
+    for (size_t j = 0; j < category.ranks.size(); ++j) {
+      const uint8_t* outcomes = category.outcomes.data() + j * row;
       bool any_true_positive = false;
-      for (int64_t t = 0; t < num_thresholds; ++t) {
-        false_positives[t] += outcomes[t] == kFalsePositive;
-        any_true_positive |= outcomes[t] == kTruePositive;
+      for (int64_t x = 0; x < row; ++x) any_true_positive |= outcomes[x] == kTruePositive;
+      for (size_t m = 0; m < num_max_dets; ++m) {
+        if (category.ranks[j] >= p_.max_detections[m]) continue;
+        int32_t* false_positives = false_positives_.data() + m * row;
+        for (int64_t x = 0; x < row; ++x) false_positives[x] += outcomes[x] == kFalsePositive;
+        const int32_t position = static_cast<int32_t>(detections_[m].size());
+        detections_[m].push_back(static_cast<int32_t>(j));
+        if (!any_true_positive) continue;
+        for (int64_t x = 0; x < row; ++x) {
+          if (outcomes[x] == kTruePositive) hits_[m * row + x].push_back({position, false_positives[x]});
+        }
       }
-      if (!any_true_positive) continue;
-      for (int64_t t = 0; t < num_thresholds; ++t) {
-        if (outcomes[t] == kTruePositive) hits_[t].push_back({static_cast<int64_t>(j), false_positives[t]});
+    }
+  }
+
+  void fill_cell(int64_t t, int64_t k, int64_t a, int64_t m, const CategoryDetections& category,
+                 const std::vector<int32_t>& detections, const std::vector<Hit>& hit_list,
+                 int64_t num_valid_gt) {
+    const Hit* hits = hit_list.data();
+    const size_t num_hits = hit_list.size();
+    recall_[cell(t, k, a, m)] = detections.empty() ? 0 : static_cast<double>(num_hits) / num_valid_gt;
+    // precision at each true positive, then its maximum from there onwards
+    precisions_.resize(num_hits);
+    for (size_t i = 0; i < num_hits; ++i) {
+      const double tp = static_cast<double>(i + 1), fp = static_cast<double>(hits[i].false_positives);
+      precisions_[i] = tp / (fp + tp + kEps);
+    }
+    for (size_t i = num_hits; i-- > 1;) precisions_[i - 1] = std::max(precisions_[i - 1], precisions_[i]);
+    bool reached = true;
+    size_t lo = 0;  // recall thresholds ascend in practice: each search starts at the last hit
+    double previous_threshold = -std::numeric_limits<double>::infinity();
+    for (size_t r = 0; r < p_.recall_thresholds.size(); ++r) {
+      const double threshold = p_.recall_thresholds[r];
+      size_t position = detections.size(), hit = num_hits;
+      if (threshold <= 0) {
+        position = 0;  // recall 0 already reaches it, at the first detection
+        hit = 0;
+      } else {
+        // first true positive i with recall (i + 1) / num_valid_gt >= threshold
+        if (!(threshold >= previous_threshold)) lo = 0;
+        size_t hi = num_hits;
+        while (lo < hi) {
+          const size_t mid = (lo + hi) / 2;
+          if (static_cast<double>(mid + 1) / num_valid_gt < threshold) {
+            lo = mid + 1;
+          } else {
+            hi = mid;
+          }
+        }
+        if (lo < num_hits) {
+          position = hits[lo].position;
+          hit = lo;
+        }
+        previous_threshold = threshold;
       }
+      reached = reached && position < detections.size();
+      const int64_t out = cell(t, static_cast<int64_t>(r), k, a, m);
+      precision_[out] = reached && hit < num_hits ? precisions_[hit] : 0;
+      scores_[out] = reached ? category.scores[detections[position]] : 0;
     }
   }
 
@@ -760,8 +877,9 @@ class CurveBuilder {
   double* precision_;
   double* recall_;
   double* scores_;
-  std::vector<std::vector<Hit>> hits_;  // per IoU threshold: the true positives in order
-  std::vector<int64_t> false_positives_;
+  std::vector<std::vector<int32_t>> detections_;  // per max detections: positions in the category
+  std::vector<std::vector<Hit>> hits_;            // [M][A][T]: the true positives in order
+  std::vector<int32_t> false_positives_;          // [M][A][T], running counts
   std::vector<double> precisions_;
 };
 
@@ -803,6 +921,8 @@ double mask_iou(const Mask& dt, const Mask& gt, bool crowd) {
 }
 
 Evaluation evaluate(const EvaluateParams& p, const Annotations& gt, const Annotations& dt) {
+  StageSeconds* stages = p.stage_seconds;
+  Stopwatch watch(stages != nullptr);
   const int64_t num_images = p.num_images;
   const int64_t num_categories = p.use_cats ? p.num_categories : (p.num_categories > 0 ? 1 : 0);
   const int64_t num_areas = static_cast<int64_t>(p.area_ranges.size());
@@ -832,10 +952,19 @@ Evaluation evaluate(const EvaluateParams& p, const Annotations& gt, const Annota
   ev.outcomes.resize(static_cast<size_t>(num_areas * num_thresholds * total));
   ev.num_valid_gt.assign(static_cast<size_t>(num_categories * num_areas * num_images), 0);
 
+  if (stages != nullptr) watch.lap(&stages->grouping);
+  std::mutex stages_mutex;
   parallel_for(num_groups, 64, p.num_threads, [&](int64_t begin, int64_t end) {
     PairEvaluator pairs(p, gt, dt, gt_groups, dt_groups, kept_begin, &ev);
     for (int64_t g = begin; g < end; ++g) pairs.run(g);
+    if (stages == nullptr) return;
+    std::lock_guard<std::mutex> lock(stages_mutex);
+    stages->sorting += pairs.seconds().sorting;
+    stages->decoding += pairs.seconds().decoding;
+    stages->ious += pairs.seconds().ious;
+    stages->matching += pairs.seconds().matching;
   });
+  if (stages != nullptr) watch.lap(&stages->pairs);
   return ev;
 }
 
@@ -850,20 +979,28 @@ void accumulate(const Evaluation& ev, const AccumulateParams& p, double* precisi
   parallel_for(num_categories, 1, p.num_threads, [&](int64_t begin, int64_t end) {
     CurveBuilder curves(ev, p, precision, recall, scores);
     CategoryDetections sorted;
-    std::vector<int64_t> detections;
-    std::vector<std::pair<double, int64_t>> by_score;
+    std::vector<std::pair<uint64_t, int64_t>> by_score, buffer;
+    std::vector<int64_t> num_valid(p.areas.size());
     const int64_t row = ev.num_areas * ev.num_thresholds;
     for (int64_t k = begin; k < end; ++k) {
       const int64_t category = p.categories[k];
+      bool any_valid = false;
+      for (size_t a = 0; a < p.areas.size(); ++a) {
+        const int32_t* valid = ev.num_valid_gt.data() + (category * ev.num_areas + p.areas[a]) * ev.num_images;
+        num_valid[a] = 0;
+        for (int64_t i : p.images) num_valid[a] += valid[i];
+        any_valid = any_valid || num_valid[a] > 0;
+      }
+      if (!any_valid) continue;  // precision and recall stay -1
       // This category's detections of the selected images in score order; ties keep the
       // order (image, rank) in which pycocotools concatenates them.
       by_score.clear();
       for (int64_t n = ev.category_begin[category]; n < ev.category_begin[category + 1]; ++n) {
-        if (selected[ev.images[n]] && ev.ranks[n] < largest_max_det) by_score.emplace_back(ev.scores[n], n);
+        if (selected[ev.images[n]] && ev.ranks[n] < largest_max_det) {
+          by_score.emplace_back(descending_key(ev.scores[n]), n);
+        }
       }
-      std::stable_sort(by_score.begin(), by_score.end(), [](const auto& a, const auto& b) {
-        return higher_score(a.first, b.first);
-      });
+      radix_sort(&by_score, &buffer);
       sorted.scores.resize(by_score.size());
       sorted.ranks.resize(by_score.size());
       sorted.outcomes.resize(by_score.size() * row);
@@ -873,20 +1010,7 @@ void accumulate(const Evaluation& ev, const AccumulateParams& p, double* precisi
         sorted.ranks[j] = ev.ranks[n];
         std::memcpy(sorted.outcomes.data() + j * row, ev.outcomes.data() + n * row, row);
       }
-      for (size_t a = 0; a < p.areas.size(); ++a) {
-        const int64_t area_index = p.areas[a];
-        const int32_t* valid = ev.num_valid_gt.data() + (category * ev.num_areas + area_index) * ev.num_images;
-        int64_t num_valid = 0;
-        for (int64_t i : p.images) num_valid += valid[i];
-        if (num_valid == 0) continue;  // precision and recall stay -1
-        for (size_t m = 0; m < p.max_detections.size(); ++m) {
-          detections.clear();
-          for (size_t j = 0; j < sorted.ranks.size(); ++j) {
-            if (sorted.ranks[j] < p.max_detections[m]) detections.push_back(static_cast<int64_t>(j));
-          }
-          curves.fill(k, static_cast<int64_t>(a), static_cast<int64_t>(m), area_index, sorted, detections, num_valid);
-        }
-      }
+      curves.fill(k, sorted, num_valid);
     }
   });
 }
@@ -1458,23 +1582,110 @@ class IdIndex {
   std::vector<int32_t> positions_;
 };
 
-bool plain_int64(PyObject* obj, int64_t* out) {
-  if (!PyLong_CheckExact(obj)) return false;
-  int overflow = 0;
-  *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
-  return overflow == 0;
+// numpy's scalar types (pycocotools' loadRes stores mask areas as numpy.uint32), looked up on
+// the main thread. A numpy scalar object is its PyObject header followed by the value.
+enum class ScalarKind { kInt8, kInt16, kInt32, kInt64, kUInt8, kUInt16, kUInt32, kUInt64, kFloat32, kBool };
+
+struct NumpyScalarTypes {
+  std::vector<std::pair<PyTypeObject*, ScalarKind>> types;
+
+  // Empty if numpy is not imported; leaves no Python error set. The types live as long as
+  // numpy stays imported, which it does for the call that looked them up.
+  void look_up() {
+    types.clear();
+    PyObject* numpy = PyDict_GetItemString(PyImport_GetModuleDict(), "numpy");
+    if (numpy == nullptr) return;
+    const std::pair<const char*, ScalarKind> names[] = {
+        {"int8", ScalarKind::kInt8},     {"int16", ScalarKind::kInt16},   {"int32", ScalarKind::kInt32},
+        {"int64", ScalarKind::kInt64},   {"uint8", ScalarKind::kUInt8},   {"uint16", ScalarKind::kUInt16},
+        {"uint32", ScalarKind::kUInt32}, {"uint64", ScalarKind::kUInt64}, {"float32", ScalarKind::kFloat32},
+        {"bool_", ScalarKind::kBool}};
+    for (const auto& name : names) {
+      PyObject* type = PyObject_GetAttrString(numpy, name.first);
+      if (type != nullptr && PyType_Check(type)) {
+        types.emplace_back(reinterpret_cast<PyTypeObject*>(type), name.second);
+      }
+      Py_XDECREF(type);
+    }
+    PyErr_Clear();
+  }
+};
+
+template <typename T>
+struct ScalarObject {
+  PyObject header;
+  T value;
+};
+
+template <typename T>
+T scalar_value(PyObject* obj) {
+  return reinterpret_cast<ScalarObject<T>*>(obj)->value;
 }
 
-// float (numpy.float64 included: it subclasses float) or int, as pycocotools' float() reads them
+NumpyScalarTypes numpy_scalars;
+
+// The value of a numpy scalar as a double, or false if `obj` is no numpy scalar read here.
+bool numpy_scalar(PyObject* obj, double* out) {
+  for (const auto& entry : numpy_scalars.types) {
+    if (Py_TYPE(obj) != entry.first) continue;
+    switch (entry.second) {
+      case ScalarKind::kInt8: *out = scalar_value<int8_t>(obj); return true;
+      case ScalarKind::kInt16: *out = scalar_value<int16_t>(obj); return true;
+      case ScalarKind::kInt32: *out = scalar_value<int32_t>(obj); return true;
+      case ScalarKind::kInt64: *out = static_cast<double>(scalar_value<int64_t>(obj)); return true;
+      case ScalarKind::kUInt8: *out = scalar_value<uint8_t>(obj); return true;
+      case ScalarKind::kUInt16: *out = scalar_value<uint16_t>(obj); return true;
+      case ScalarKind::kUInt32: *out = scalar_value<uint32_t>(obj); return true;
+      case ScalarKind::kUInt64: *out = static_cast<double>(scalar_value<uint64_t>(obj)); return true;
+      case ScalarKind::kBool: *out = scalar_value<uint8_t>(obj) != 0; return true;
+      case ScalarKind::kFloat32: *out = scalar_value<float>(obj); return true;
+    }
+  }
+  return false;
+}
+
+// A Python int, or a numpy integer scalar, that fits int64.
+bool plain_int64(PyObject* obj, int64_t* out) {
+  if (PyLong_CheckExact(obj)) {
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    return overflow == 0;
+  }
+  for (const auto& entry : numpy_scalars.types) {
+    if (Py_TYPE(obj) != entry.first) continue;
+    switch (entry.second) {
+      case ScalarKind::kInt8: *out = scalar_value<int8_t>(obj); return true;
+      case ScalarKind::kInt16: *out = scalar_value<int16_t>(obj); return true;
+      case ScalarKind::kInt32: *out = scalar_value<int32_t>(obj); return true;
+      case ScalarKind::kInt64: *out = scalar_value<int64_t>(obj); return true;
+      case ScalarKind::kUInt8: *out = scalar_value<uint8_t>(obj); return true;
+      case ScalarKind::kUInt16: *out = scalar_value<uint16_t>(obj); return true;
+      case ScalarKind::kUInt32: *out = scalar_value<uint32_t>(obj); return true;
+      case ScalarKind::kUInt64: {
+        const uint64_t value = scalar_value<uint64_t>(obj);
+        *out = static_cast<int64_t>(value);
+        return value <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+      }
+      default: return false;  // pycocotools would not take a float or bool as an id either
+    }
+  }
+  return false;
+}
+
+// float (numpy.float64 included: it subclasses float), int or numpy number, as pycocotools'
+// float() reads them
 bool plain_double(PyObject* obj, double* out) {
   if (PyFloat_Check(obj)) {
     *out = PyFloat_AS_DOUBLE(obj);
     return true;
   }
-  int64_t value;
-  if (!plain_int64(obj, &value)) return false;
-  *out = static_cast<double>(value);
-  return true;
+  if (PyLong_CheckExact(obj)) {
+    int64_t value;
+    if (!plain_int64(obj, &value)) return false;
+    *out = static_cast<double>(value);
+    return true;
+  }
+  return numpy_scalar(obj, out);
 }
 
 bool plain_truth(PyObject* obj, bool* out) {
@@ -1597,7 +1808,8 @@ class PlainReader {
     for (int f = 0; f < kNumFields; ++f) {
       if (key == interned[f]) return f;
     }
-    if (!PyUnicode_CheckExact(key)) return -1;
+    // a str subclass may compare equal to one of ours through its own __eq__
+    if (!PyUnicode_CheckExact(key)) return PyUnicode_Check(key) ? -2 : -1;
     if (!PyUnicode_IS_COMPACT_ASCII(key)) return PyUnicode_IS_COMPACT(key) ? -1 : -2;
     const char* text = static_cast<const char*>(PyUnicode_DATA(key));
     const Py_ssize_t length = PyUnicode_GET_LENGTH(key);
@@ -1808,6 +2020,12 @@ bool run_without_gil(const Fn& fn) {
   return true;
 }
 
+// DETZOO_COCOEVAL_TIMING=1: print where evaluate() and accumulate() spend their time.
+bool profiling() {
+  const char* value = std::getenv("DETZOO_COCOEVAL_TIMING");
+  return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
+}
+
 void destroy_evaluation(PyObject* capsule) {
   delete static_cast<Evaluation*>(PyCapsule_GetPointer(capsule, kCapsuleName));
 }
@@ -1879,9 +2097,16 @@ PyObject* py_evaluate(PyObject*, PyObject* args, PyObject* kwargs) {
     dt_image_sizes = dt_sizes.data<int64_t>();
   }
 
+  const bool timing = profiling();
+  detzoo::cocoeval::StageSeconds stages;
+  if (timing) params.stage_seconds = &stages;
+  double read_seconds[2] = {0, 0};
+  auto tic = std::chrono::steady_clock::now();
+
   KeepAlive keep_alive;
   Annotations gt, dt;
   const int64_t num_keypoints = static_cast<int64_t>(params.oks_sigmas.size());
+  numpy_scalars.look_up();
   IdIndex image_ids, category_ids;
   const bool plain_ids = image_ids.build(image_index) && category_ids.build(category_index);
   PyErr_Clear();
@@ -1890,10 +2115,20 @@ PyObject* py_evaluate(PyObject*, PyObject* args, PyObject* kwargs) {
     Annotations* out = ground_truth ? &gt : &dt;
     const int64_t* sizes = ground_truth ? gt_image_sizes : dt_image_sizes;
     const PlainReader plain(ground_truth, params.iou_type, image_ids, category_ids, sizes, num_keypoints);
-    if (plain_ids && read_plain(list, plain, num_threads, out, &keep_alive.objects)) continue;
-    AnnotationReader reader(ground_truth, params.iou_type, image_index, category_index, sizes,
-                            num_keypoints, out, &keep_alive.objects);
-    if (!reader.read(list)) return nullptr;
+    const bool plain_read = plain_ids && read_plain(list, plain, num_threads, out, &keep_alive.objects);
+    if (!plain_read) {
+      AnnotationReader reader(ground_truth, params.iou_type, image_index, category_index, sizes,
+                              num_keypoints, out, &keep_alive.objects);
+      if (!reader.read(list)) return nullptr;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    read_seconds[ground_truth ? 0 : 1] = std::chrono::duration<double>(now - tic).count();
+    tic = now;
+    if (timing) {
+      std::fprintf(stderr, "detzoo._cocoeval: read %lld %s annotations (%s) in %.3f s\n",
+                   static_cast<long long>(out->size()), ground_truth ? "ground-truth" : "detection",
+                   plain_read ? "plain, threaded" : "serial", read_seconds[ground_truth ? 0 : 1]);
+    }
   }
   for (const Annotations* side : {&gt, &dt}) {
     for (int64_t n = 0; n < side->size(); ++n) {
@@ -1913,6 +2148,13 @@ PyObject* py_evaluate(PyObject*, PyObject* args, PyObject* kwargs) {
   }
   PyObject* capsule = PyCapsule_New(evaluation, kCapsuleName, destroy_evaluation);
   if (capsule == nullptr) delete evaluation;
+  if (timing) {
+    std::fprintf(stderr,
+                 "detzoo._cocoeval: evaluate: grouping %.3f s, pairs %.3f s (wall); summed over "
+                 "threads: sorting %.3f s, mask decoding %.3f s, IoU %.3f s, matching %.3f s\n",
+                 stages.grouping, stages.pairs, stages.sorting, stages.decoding, stages.ious,
+                 stages.matching);
+  }
   return capsule;
 }
 
@@ -1985,10 +2227,15 @@ PyObject* py_accumulate(PyObject*, PyObject* args, PyObject* kwargs) {
   double* precision_data = precision.data<double>();
   double* recall_data = recall.data<double>();
   double* scores_data = scores.data<double>();
+  const auto tic = std::chrono::steady_clock::now();
   if (!run_without_gil([&] {
         detzoo::cocoeval::accumulate(*ev, params, precision_data, recall_data, scores_data);
       })) {
     return nullptr;
+  }
+  if (profiling()) {
+    std::fprintf(stderr, "detzoo._cocoeval: accumulate %.3f s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - tic).count());
   }
   Py_RETURN_NONE;
 }

@@ -62,6 +62,17 @@ struct Annotations {
   int64_t size() const { return static_cast<int64_t>(id.size()); }
 };
 
+// Where evaluate() spends its time (DETZOO_COCOEVAL_TIMING=1 prints it): seconds summed over
+// threads, except `grouping` and `pairs` (wall clock).
+struct StageSeconds {
+  double grouping = 0;   // annotations grouped by (category, image)
+  double pairs = 0;      // every pair evaluated
+  double sorting = 0;    // detections sorted by score and stored
+  double decoding = 0;   // masks decoded
+  double ious = 0;       // IoU / OKS matrices
+  double matching = 0;   // greedy matching for every area range and threshold
+};
+
 struct EvaluateParams {
   IouType iou_type = IouType::kBbox;
   bool use_cats = true;
@@ -74,6 +85,8 @@ struct EvaluateParams {
   int64_t max_detections = 100;     // p.maxDets[-1]
   std::vector<double> oks_sigmas;   // keypoints
   int num_threads = 1;
+  // When set, evaluate() adds the seconds each stage took, summed over threads, into it.
+  StageSeconds* stage_seconds = nullptr;
 };
 
 // What accumulate() needs of evaluate(). The kept detections (the best `max_detections` of each

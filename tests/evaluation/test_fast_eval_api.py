@@ -299,6 +299,27 @@ def test_thread_count_does_not_change_results(datasets):
     np.testing.assert_array_equal(tables[0], tables[1])
 
 
+class Key(str):
+    """A str subclass as a dict key: only Python can tell whether it equals ours."""
+
+
+def test_numpy_scalars_and_unusual_keys(datasets):
+    """numpy scalars (ids, scores, crowd flags), zero scores of either sign and str-subclass keys
+    read as pycocotools reads them."""
+    gt, dt = datasets["bbox"]
+    gt, dt = clone(gt), clone(dt)
+    for n, ann in enumerate(gt.dataset["annotations"]):
+        ann["id"], ann["image_id"] = np.int64(ann["id"]), np.int32(ann["image_id"])
+        ann["iscrowd"] = np.bool_(ann["iscrowd"]) if n % 2 else np.uint8(ann["iscrowd"])
+    for n, ann in enumerate(dt.dataset["annotations"]):
+        ann["category_id"] = np.int64(ann["category_id"])
+        if n % 7 == 0:
+            ann["score"] = -0.0 if n % 2 else 0.0
+        ann["score"] = np.float32(ann["score"]) if n % 3 == 0 else ann["score"]
+    dt.dataset["annotations"][5] = {Key(k): v for k, v in dt.dataset["annotations"][5].items()}
+    assert_same_results(*run_both(gt, dt, "bbox"))
+
+
 def random_polygons(rng, height, width):
     polygons = []
     for _ in range(int(rng.integers(1, 4))):
