@@ -4,6 +4,8 @@
 #   make test-slow   the long end-to-end tests
 #   make build-cuda  compile the CUDA kernels (FORCE_CUDA=1) into build/cuda to prove they build
 #   make benchmark   op timings against torchvision
+#   make demo        install, train a small Mask R-CNN on the synthetic shapes dataset on CPU,
+#                    evaluate it, and draw its predictions and training curves into output/demo/
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +17,7 @@ CSRC := $(shell find csrc -type f 2>/dev/null)
 # that come with torch's pip dependencies.
 NV_INCLUDE = $(shell $(PY) -c "import os, nvidia; p=os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'); print(p if os.path.isdir(p) else '')" 2>/dev/null)
 
-.PHONY: install test test-slow build-cuda benchmark clean
+.PHONY: install test test-slow build-cuda benchmark demo clean
 
 $(VENV)/.stamp-venv:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +52,17 @@ build-cuda: install
 
 benchmark: install
 	$(PY) tools/benchmark.py --task ops
+
+DEMO_CONFIG := configs/quick_schedules/detzoo/mask_rcnn_R_18_FPN_shapes_demo.yaml
+DEMO_DIR := output/demo
+# shapes_train / shapes_val are generated into ./datasets/shapes on first use.
+demo: install
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
+	$(PY) tools/plot_training_curves.py $(DEMO_DIR)/metrics.json --output $(DEMO_DIR)/training_curves.png \
+	  --title "Mask R-CNN R18-FPN on shapes_train (CPU)"
+	$(PY) demo/demo.py --config-file $(DEMO_CONFIG) --input "datasets/shapes/instances_val/images/00000*.jpg" \
+	  --output $(DEMO_DIR)/predictions --confidence-threshold 0.5 --opts MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
+	@echo "demo done: AP tables above; pictures in $(DEMO_DIR)/predictions, curves in $(DEMO_DIR)/training_curves.png"
 
 clean:
 	rm -rf build detzoo/_C*.so $(VENV)/.stamp-ext

@@ -618,9 +618,12 @@ def _check_resnet_cfg(res, depth: int) -> None:
     if depth not in (18, 34):
         return
     # BasicBlock has no bottleneck, groups, dilation or deformable variant.
-    if res.RES2_OUT_CHANNELS != 64:
+    # res2 of a BasicBlock ResNet keeps the stem's width: 64 in the standard R18/R34 (what
+    # Detectron2 requires); a narrower stem and res2 (e.g. 32/32) make a cheaper network for CPUs.
+    if res.RES2_OUT_CHANNELS != res.STEM_OUT_CHANNELS:
         raise ValueError(
-            f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for R{depth}, got {res.RES2_OUT_CHANNELS}"
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS must equal MODEL.RESNETS.STEM_OUT_CHANNELS for R{depth} "
+            f"(64 in the standard network), got {res.RES2_OUT_CHANNELS} and {res.STEM_OUT_CHANNELS}"
         )
     if any(res.DEFORM_ON_PER_STAGE):
         raise ValueError(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE must be all False for R{depth}")
