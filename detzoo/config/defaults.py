@@ -7,8 +7,9 @@ in the order of the package map (model, then data, evaluation, engine, solver, u
 Differences from Detectron2, all deliberate:
 * `MODEL.DEVICE` is "cuda" when CUDA is available and "cpu" otherwise, decided each time
   `get_cfg()` runs (Detectron2 always says "cuda", which fails on a machine without it).
-* Keys of ours, absent from Detectron2: `SOLVER.GRAD_ACCUM_STEPS`, `MODEL_EMA.*`,
-  `TEST.VAL_LOSS_PERIOD`. Their defaults leave training exactly as Detectron2 runs it.
+* Keys of ours, absent from Detectron2: `SOLVER.GRAD_ACCUM_STEPS`, `SOLVER.OPTIMIZER`,
+  `SOLVER.BETAS`, `SOLVER.AMP.PRECISION`, `MODEL_EMA.*`, `TEST.VAL_LOSS_PERIOD`. Their
+  defaults leave training exactly as Detectron2 runs it.
 
 Naming convention (Detectron2's): a value that differs between training and inference comes
 as a pair of keys ending in `_TRAIN` and `_TEST`.
@@ -405,8 +406,13 @@ _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.001
 # Learning rate reached at MAX_ITER by WarmupCosineLR.
 _C.SOLVER.BASE_LR_END = 0.0
+# Ours: "SGD" (Detectron2's only optimizer) or "AdamW" (decoupled weight decay).
+_C.SOLVER.OPTIMIZER = "SGD"
+# SGD only.
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
+# Ours: AdamW's (beta1, beta2), torch's defaults; SGD ignores them.
+_C.SOLVER.BETAS = (0.9, 0.999)
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 # Weight decay of normalization layers' affine parameters.
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
@@ -445,6 +451,10 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 # Mixed precision in training only; inference precision is unchanged.
 _C.SOLVER.AMP = CfgNode({"ENABLED": False})
+# Ours: autocast dtype, "float16" (with a loss-scaling GradScaler) or "bfloat16" (no scaling).
+# "" picks float16 on CUDA, Detectron2's only AMP mode, and bfloat16 on CPU, the type CPU
+# autocast is fast in.
+_C.SOLVER.AMP.PRECISION = ""
 
 # ============================================================================== utils
 # Scratch space for quick experiments, read anywhere via detzoo.config.global_cfg after

@@ -281,9 +281,10 @@ class DefaultTrainer(TrainerBase):
         accum = cfg.SOLVER.GRAD_ACCUM_STEPS
         if not cfg.SOLVER.AMP.ENABLED:
             return SimpleTrainer(model, data_loader, optimizer, grad_accum_steps=accum)
-        # SOLVER.AMP.PRECISION is optional: float16 on CUDA, bfloat16 (CPU autocast's type) otherwise.
+        # SOLVER.AMP.PRECISION "" (or absent, in a config made without get_cfg): float16 on
+        # CUDA, bfloat16 (CPU autocast's type) otherwise.
         on_cuda = any(p.device.type == "cuda" for p in model.parameters())
-        precision = cfg.SOLVER.AMP.get("PRECISION", "float16" if on_cuda else "bfloat16")
+        precision = cfg.SOLVER.AMP.get("PRECISION") or ("float16" if on_cuda else "bfloat16")
         if precision not in ("float16", "bfloat16"):
             raise ValueError(f"SOLVER.AMP.PRECISION is {precision!r}; expected 'float16' or 'bfloat16'")
         return AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, precision), grad_accum_steps=accum)

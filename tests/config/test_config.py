@@ -71,6 +71,9 @@ DETECTRON2_FACTS = {
 
 OUR_NEW_KEYS = {
     "SOLVER.GRAD_ACCUM_STEPS": 1,
+    "SOLVER.OPTIMIZER": "SGD",
+    "SOLVER.BETAS": (0.9, 0.999),
+    "SOLVER.AMP.PRECISION": "",
     "MODEL_EMA.ENABLED": False,
     "MODEL_EMA.DECAY": 0.999,
     "MODEL_EMA.DEVICE": "",
@@ -151,6 +154,22 @@ def test_detectron2_model_zoo_files_merge(tmp_path):
     assert cfg.SOLVER.STEPS == (210000, 250000)
     assert cfg.SOLVER.BASE_LR == 0.02
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80  # untouched default
+
+
+def test_optimizer_and_amp_keys_merge_from_yaml(tmp_path):
+    path = write(tmp_path / "adamw.yaml", """\
+        SOLVER:
+          OPTIMIZER: "AdamW"
+          BETAS: [0.8, 0.99]
+          AMP:
+            ENABLED: True
+            PRECISION: "bfloat16"
+        """)
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    assert cfg.SOLVER.OPTIMIZER == "AdamW"
+    assert cfg.SOLVER.BETAS == (0.8, 0.99)  # a YAML list becomes the default's tuple
+    assert (cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION) == (True, "bfloat16")
 
 
 def test_get_cfg_returns_independent_copies():

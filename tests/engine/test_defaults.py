@@ -335,3 +335,29 @@ def test_resume_restores_the_grad_scaler(tmp_path):
     cfg.SOLVER.AMP.PRECISION = "float8"
     with pytest.raises(ValueError, match="AMP.PRECISION is 'float8'"):
         _Trainer(cfg)
+
+
+def test_bfloat16_amp_from_yaml_trains_under_cpu_autocast(tmp_path):
+    seen = []
+
+    class Probe(TinyRegressor):
+        def forward(self, batch):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return super().forward(batch)
+
+    class Trainer(_Trainer):
+        @classmethod
+        def build_model(cls, cfg):
+            return Probe()
+
+    path = tmp_path / "amp.yaml"
+    path.write_text("SOLVER:\n  AMP:\n    ENABLED: True\n    PRECISION: bfloat16\n")
+    cfg = _cfg(tmp_path, MAX_ITER=1)
+    cfg.merge_from_file(str(path))
+    trainer = Trainer(cfg)
+    before = trainer.model.linear.weight.detach().clone()
+    trainer.train()
+    assert seen == [(True, torch.bfloat16)]
+    assert trainer._trainer.precision == torch.bfloat16 and not trainer._trainer.grad_scaler.is_enabled()
+    assert torch.isfinite(torch.tensor(trainer.storage.latest()["total_loss"][0]))
+    assert not torch.equal(trainer.model.linear.weight, before)  # the step was taken

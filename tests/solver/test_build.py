@@ -176,3 +176,18 @@ def test_clipping_an_existing_instance_and_bad_type():
 
 def test_clipping_disabled_returns_the_type_unchanged():
     assert maybe_add_gradient_clipping(_cfg(), torch.optim.SGD) is torch.optim.SGD
+
+
+def test_adamw_from_a_yaml_file(tmp_path):
+    path = tmp_path / "adamw.yaml"
+    path.write_text("SOLVER:\n  OPTIMIZER: AdamW\n  BETAS: [0.85, 0.95]\n  BASE_LR: 0.0003\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    opt = build_optimizer(cfg, _Net())
+    assert type(opt) is torch.optim.AdamW
+    assert {(g["lr"], g["betas"]) for g in opt.param_groups} == {(0.0003, (0.85, 0.95))}
+
+
+def test_default_config_builds_sgd():
+    opt = build_optimizer(get_cfg(), nn.Linear(2, 2))
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["momentum"] == 0.9
