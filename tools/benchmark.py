@@ -17,6 +17,13 @@ picks bbox / segm / keypoints, `--images` the set size).
 
 Task `data`: images/s of the training data loader (tools/bench/data.py: COCO-style
 augmentation, 2 workers, generated 640x480 JPEGs); `--repeat` rounds, median reported.
+
+Task `train`: Mask R-CNN R50-FPN training step (forward, backward, SGD) on 2 images and
+inference on 1, detzoo against torchvision's MaskRCNN configured alike, both randomly
+initialised (tools/bench/train.py; `--size HxW`, default 800x1216; median of `--repeat`).
+
+Task `zoo`: CPU inference s/image and train s/iter of every zoo config with random weights
+(tools/bench/zoo.py; `--filter` picks configs by substring), merged into benchmarks/zoo_cpu.json.
 """
 import argparse
 import importlib.util
@@ -111,7 +118,17 @@ def run_coco_eval(args):
     return load_module("coco_eval.py").run(args)
 
 
-TASKS = {"ops": run_ops, "data": run_data, "coco-eval": run_coco_eval}
+def run_train(args):
+    """Mask R-CNN training step and inference against torchvision."""
+    return load_module("train.py").run(args)
+
+
+def run_zoo(args):
+    """Every zoo config's CPU inference and training time, into benchmarks/zoo_cpu.json."""
+    return load_module("zoo.py").run(args)
+
+
+TASKS = {"ops": run_ops, "data": run_data, "coco-eval": run_coco_eval, "train": run_train, "zoo": run_zoo}
 
 
 def main():
@@ -121,6 +138,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--images", type=int, default=5000, help="coco-eval: images in the generated set")
+    ap.add_argument("--size", help="train: image size HEIGHTxWIDTH (default 800x1216)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(cpu_report(), flush=True)
