@@ -157,7 +157,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "ninja", "lvis", "cityscapesscripts", "tensorboard"],
+        "dev": ["pytest", "ninja", "lvis", "cityscapesscripts", "tensorboard", "onnx", "onnxruntime"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
