@@ -103,7 +103,18 @@ def test_weights_are_detectron2_urls_or_empty():
 
 
 # ------------------------------------------------- detzoo's own CPU quick-test configs
-SHAPES_CONFIGS = [p for p in ALL_YAML if p.startswith("quick_schedules/detzoo/")]
+# `make demo`'s config trains for minutes; the others are sized for tests.
+DEMO_CONFIG = "quick_schedules/detzoo/mask_rcnn_R_18_FPN_shapes_demo.yaml"
+SHAPES_CONFIGS = [p for p in ALL_YAML if p.startswith("quick_schedules/detzoo/") and p != DEMO_CONFIG]
+
+
+def test_demo_config_is_offline_and_bounded():
+    cfg = merged_cfg(DEMO_CONFIG)
+    assert cfg.MODEL.WEIGHTS == ""  # no download
+    assert cfg.DATASETS.TRAIN == ("shapes_train",) and cfg.DATASETS.TEST == ("shapes_val",)
+    assert cfg.SOLVER.MAX_ITER <= 1000 and cfg.SOLVER.IMS_PER_BATCH <= 4
+    assert max(cfg.INPUT.MIN_SIZE_TRAIN) <= 256 and cfg.INPUT.MAX_SIZE_TEST <= 384
+    assert cfg.MODEL.DEVICE == get_cfg().MODEL.DEVICE
 
 
 def test_shapes_configs_exist():
