@@ -28,7 +28,6 @@ Task `zoo`: CPU inference s/image and train s/iter of every zoo config with rand
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,25 +35,15 @@ from collections import namedtuple
 
 import torch
 
+from detzoo.utils.collect_env import cpu_summary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 Case = namedtuple("Case", ["name", "ours", "peer", "peer_name"])
 
 
 def cpu_report():
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    bf16 = "yes" if {"amx_bf16", "avx512_bf16"} & flags else "no"
-    return (f"CPU: {model}; {os.cpu_count()} logical cores; flags: {' '.join(wanted) or 'none'}; "
-            f"bf16 hardware: {bf16}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return (f"CPU: {cpu_summary()}; {os.cpu_count()} logical cores; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def time_fn(fn, repeat):

@@ -28,7 +28,8 @@ from detzoo.config import CfgNode
 from detzoo.modeling import build_model
 from detzoo.solver import build_lr_scheduler, build_optimizer
 from detzoo.utils import comm
-from detzoo.utils.env import collect_env_info, seed_all_rng
+from detzoo.utils.collect_env import collect_env_info
+from detzoo.utils.env import seed_all_rng
 from detzoo.utils.events import (
     CommonMetricPrinter,
     JSONWriter,

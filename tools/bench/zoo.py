@@ -29,7 +29,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import time
 import traceback
@@ -44,6 +43,7 @@ from detzoo.config import CfgNode, get_cfg
 from detzoo.layers import FrozenBatchNorm2d
 from detzoo.modeling import build_model
 from detzoo.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
+from detzoo.utils.collect_env import cpu_summary
 from detzoo.utils.events import EventStorage
 
 CONFIG_ROOT = os.path.join(os.path.dirname(detzoo.__file__), "model_zoo", "configs")
@@ -310,22 +310,6 @@ def benchmark_config(config: str, inference_repeat: int = INFERENCE_REPEAT, trai
 
 
 # ----------------------------------------------------------------------------- results file
-def cpu_description() -> str:
-    """CPU model name and its vector / matrix flags (avx2, fma, avx512*, amx*)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    return f"{model} ({' '.join(wanted) or 'no avx2/avx512/amx'})"
-
-
 def busy_cores(seconds: float = 1.0) -> float:
     """Cores kept busy by all processes over the next `seconds` (from /proc/stat; nan
     elsewhere). Run before a measurement: a busy core beside ours makes 2-thread timings
@@ -348,7 +332,7 @@ def merge_results(path: str, results: Dict[str, Dict[str, float]], threads: int,
                   cpu: Optional[str] = None) -> Dict:
     """Write `results` into the JSON file at `path`, keeping its other configs when they were
     measured on the same CPU with the same thread count; return the written document."""
-    header = {"cpu": cpu or cpu_description(), "torch": torch.__version__, "threads": threads,
+    header = {"cpu": cpu or cpu_summary(), "torch": torch.__version__, "threads": threads,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
     merged = {}
     if os.path.isfile(path):
