@@ -12,11 +12,39 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace detzoo {
 namespace cocoeval {
+
+// std::allocator whose resize() leaves new elements of trivial types uninitialised: the large
+// arrays below are written in full by worker threads, so zero-filling them first would only
+// cost a serial pass over memory.
+template <typename T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  UninitializedAllocator() = default;
+  template <typename U>
+  UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+template <typename T>
+using Buffer = std::vector<T, UninitializedAllocator<T>>;
 
 enum class IouType : int { kBbox = 0, kSegm = 1, kKeypoints = 2 };
 
@@ -45,19 +73,19 @@ struct MaskSource {
 // The annotations of one side (ground truth or detections) that take part in the evaluation,
 // one entry per annotation in the order of the dataset.
 struct Annotations {
-  std::vector<int64_t> id;
-  std::vector<int32_t> image;     // index into the evaluated image ids
-  std::vector<int32_t> category;  // index into the evaluated category ids
-  std::vector<double> area;
-  std::vector<double> score;      // detections
-  std::vector<double> box;        // 4 per annotation, XYWH_ABS (bbox and keypoints evaluation)
-  std::vector<uint8_t> crowd;     // ground truth
-  std::vector<uint8_t> ignore;    // ground truth: crowd, or (keypoints) num_keypoints == 0
-  std::vector<double> keypoints;  // 3 * num_keypoints per annotation: x, y, visibility
-  std::vector<MaskSource> masks;  // segm evaluation
-  std::vector<uint32_t> rle_counts;
-  std::vector<double> polygon_coords;               // x0 y0 x1 y1 ... of every polygon
-  std::vector<int64_t> polygon_offsets = {0};       // polygon p: [offsets[p], offsets[p + 1])
+  Buffer<int64_t> id;
+  Buffer<int32_t> image;     // index into the evaluated image ids
+  Buffer<int32_t> category;  // index into the evaluated category ids
+  Buffer<double> area;
+  Buffer<double> score;      // detections
+  Buffer<double> box;        // 4 per annotation, XYWH_ABS (bbox and keypoints evaluation)
+  Buffer<uint8_t> crowd;     // ground truth
+  Buffer<uint8_t> ignore;    // ground truth: crowd, or (keypoints) num_keypoints == 0
+  Buffer<double> keypoints;  // 3 * num_keypoints per annotation: x, y, visibility
+  Buffer<MaskSource> masks;  // segm evaluation
+  Buffer<uint32_t> rle_counts;
+  Buffer<double> polygon_coords;          // x0 y0 x1 y1 ... of every polygon
+  Buffer<int64_t> polygon_offsets = {0};  // polygon p: [offsets[p], offsets[p + 1])
 
   int64_t size() const { return static_cast<int64_t>(id.size()); }
 };
@@ -65,10 +93,11 @@ struct Annotations {
 // Where evaluate() spends its time (DETZOO_COCOEVAL_TIMING=1 prints it): seconds summed over
 // threads, except `grouping` and `pairs` (wall clock).
 struct StageSeconds {
-  double grouping = 0;   // annotations grouped by (category, image)
+  double grouping = 0;   // annotations grouped by (image, category)
   double pairs = 0;      // every pair evaluated
   double sorting = 0;    // detections sorted by score and stored
-  double decoding = 0;   // masks decoded
+  double gt_masks = 0;   // ground-truth masks decoded (polygons rasterised)
+  double dt_masks = 0;   // detection masks decoded
   double ious = 0;       // IoU / OKS matrices
   double matching = 0;   // greedy matching for every area range and threshold
 };
@@ -97,10 +126,10 @@ struct Evaluation {
   int64_t num_areas = 0;
   int64_t num_thresholds = 0;
   std::vector<int64_t> category_begin;  // [K + 1]
-  std::vector<double> scores;           // [N]
-  std::vector<int32_t> images;          // [N]
-  std::vector<int32_t> ranks;           // [N] rank by score within its (category, image)
-  std::vector<uint8_t> outcomes;        // [N][A][T], values of Outcome
+  Buffer<double> scores;                // [N]
+  Buffer<int32_t> images;               // [N]
+  Buffer<int32_t> ranks;                // [N] rank by score within its (category, image)
+  Buffer<uint8_t> outcomes;             // [N][A][T], values of Outcome
   std::vector<int32_t> num_valid_gt;    // [K][A][I] ground truth not ignored in that area range
 };
 
@@ -128,12 +157,13 @@ Evaluation evaluate(const EvaluateParams& params, const Annotations& gt, const A
 void accumulate(const Evaluation& evaluation, const AccumulateParams& params, double* precision,
                 double* recall, double* scores);
 
-// A decoded mask: foreground runs [start, end) in column-major pixel order, its area and
-// the bounding box pycocotools derives from its run lengths (the overlap pre-check).
+// A decoded mask: foreground runs [start, end) in column-major pixel order, its area and, when
+// decoded with it, the bounding box pycocotools derives from its run lengths (its overlap
+// pre-check, which decides only between masks of different sizes: see mask_iou).
 struct Mask {
   int64_t height = 0;
   int64_t width = 0;
-  std::vector<uint32_t> runs;  // start0, end0, start1, end1, ...
+  Buffer<uint32_t> runs;  // start0, end0, start1, end1, ...
   uint64_t area = 0;
   std::array<double, 4> box = {0, 0, 0, 0};
 };
@@ -145,11 +175,13 @@ struct MaskScratch {
   Mask part;
 };
 
-// Decodes the mask of annotation `index` into `out` (its storage reused).
-void decode_mask(const Annotations& annotations, int64_t index, Mask* out, MaskScratch* scratch);
+// Decodes the mask of annotation `index` into `out` (its storage reused); its box only if
+// `with_box` (compressed RLEs decode faster without).
+void decode_mask(const Annotations& annotations, int64_t index, bool with_box, Mask* out,
+                 MaskScratch* scratch);
 
-// pycocotools' mask IoU: -1 for masks of different sizes whose boxes overlap, and
-// intersection / area(dt) against a crowd region.
+// pycocotools' mask IoU: -1 for masks of different sizes whose boxes overlap (their boxes must
+// have been decoded), and intersection / area(dt) against a crowd region.
 double mask_iou(const Mask& dt, const Mask& gt, bool crowd);
 
 }  // namespace cocoeval

@@ -67,6 +67,20 @@ def _image_sizes(coco, image_ids):
     return np.ascontiguousarray(np.array(sizes, dtype=np.int64).T.reshape(-1))
 
 
+def _snapshot(params):
+    """A copy of `params` as deep as copy.deepcopy makes it for pycocotools' Params (lists, nested
+    lists, arrays), without deepcopy's cost per entry of the long id lists (their entries, ints or
+    numpy scalars, are immutable and shared)."""
+    snapshot = copy.copy(params)
+    for name, value in vars(params).items():
+        if isinstance(value, list):
+            value = [list(v) if isinstance(v, list) else v for v in value]
+        elif isinstance(value, (dict, np.ndarray)):
+            value = copy.deepcopy(value)
+        setattr(snapshot, name, value)
+    return snapshot
+
+
 def _float64(values):
     return np.ascontiguousarray(np.asarray(values, dtype=np.float64).reshape(-1))
 
@@ -115,7 +129,7 @@ class COCOeval_opt(COCOeval):
             oks_sigmas=sigmas,
             num_threads=self.num_threads or _available_cpus(),
         )
-        self._paramsEval = copy.deepcopy(self.params)
+        self._paramsEval = _snapshot(self.params)
         logger.info("COCOeval_opt.evaluate() finished in %.2f seconds.", time.perf_counter() - tic)
 
     def _normalized_params(self):
@@ -190,9 +204,11 @@ class COCOeval_opt(COCOeval):
         evaluated_cats = set(pe.catIds if pe.useCats else [-1])
         evaluated_areas = set(map(tuple, pe.areaRng))
         evaluated_max_dets = set(pe.maxDets)
-        evaluated_images = set(pe.imgIds)
         k_list = [n for n, k in enumerate(p.catIds) if k in evaluated_cats]
         a_list = [n for n, a in enumerate(map(tuple, p.areaRng)) if a in evaluated_areas]
         m_list = [m for m in p.maxDets if m in evaluated_max_dets]
+        if list(p.imgIds) == list(pe.imgIds):  # the usual case: every evaluated image, in order
+            return k_list, a_list, m_list, range(len(pe.imgIds))
+        evaluated_images = set(pe.imgIds)
         i_list = [n for n, i in enumerate(p.imgIds) if i in evaluated_images]
         return k_list, a_list, m_list, i_list

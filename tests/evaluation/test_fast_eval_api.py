@@ -338,9 +338,11 @@ def decode_counts(counts, height, width):
 
 
 def test_polygon_rasterisation_matches_pycocotools():
+    """Small images, and large ones whose long edges cross many pixel columns and rows."""
     rng = np.random.default_rng(0)
-    for _ in range(400):
-        height, width = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+    for n in range(500):
+        limit = 90 if n < 400 else 600
+        height, width = int(rng.integers(1, limit)), int(rng.integers(1, limit))
         polygons = random_polygons(rng, height, width)
         expected = mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, height, width)))
         np.testing.assert_array_equal(decode_counts(_cocoeval.mask_counts(polygons, height, width), height, width),
