@@ -12,16 +12,19 @@ exported graph takes the image tensor (C, H, W), 0-255, in cfg.INPUT.FORMAT, and
 tuple of tensors that `adapter.outputs_schema` turns back into `[{"instances": Instances}]`
 (the schema is logged and written to outputs_schema.txt). R-CNN models are exported without
 the final resize (`do_postprocess=False`): boxes are at the network input size and masks are
-(R, 1, M, M) probabilities. The graph holds the sample's image size: feed images of that size.
+(R, 1, M, M) probabilities. Image sizes are read from the input inside the graph, so images of
+any size can be fed (of one batch size: the sample's).
 
-Scripting (--export-method scripting) compiles the model with `torch.jit.script`; detzoo's
-models are not scriptable yet, and the tool then reports where the compiler stopped.
+Scripting (--export-method scripting, TorchScript only) compiles the model with
+`scripting_with_instances` into model.ts, which takes `[{"image": Tensor[C, H, W]}, ...]` and
+returns one dict of tensors per image (`pred_boxes` as an (R, 4) tensor, `scores`,
+`pred_classes`, `pred_masks`, ...), with the same no-resize convention; RetinaNet's boxes are
+not clipped to the image either. It needs no sample image.
 """
 import logging
 import os
 
 import torch
-from torch import nn
 
 from detzoo.checkpoint import DetectionCheckpointer
 from detzoo.config import get_cfg
@@ -30,13 +33,17 @@ from detzoo.data import transforms as T
 from detzoo.engine import default_argument_parser
 from detzoo.export import (
     DEFAULT_ONNX_OPSET,
+    DEFAULT_SCRIPTING_FIELDS,
+    ScriptableAdapter,
     TracingAdapter,
     export_onnx,
     save_torchscript,
+    scripting_with_instances,
     tracing_inference_func,
 )
 from detzoo.modeling import GeneralizedRCNN, RetinaNet, build_model
 from detzoo.modeling.postprocessing import detector_postprocess
+from detzoo.structures import Boxes, Instances
 from detzoo.utils.file_io import PathManager
 from detzoo.utils.logger import setup_logger
 
@@ -112,35 +119,31 @@ def export_tracing(model, inputs, args):
     return run_exported
 
 
-class ScriptableAdapter(nn.Module):
-    """Returns each image's fields as a dict (TorchScript cannot return a Python class)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model.eval()
-        self.is_rcnn = isinstance(model, GeneralizedRCNN)
-
-    def forward(self, inputs):
-        if self.is_rcnn:
-            instances = self.model.inference(inputs, do_postprocess=False)
-        else:
-            instances = [x["instances"] for x in self.model(inputs)]
-        return [i.get_fields() for i in instances]
-
-
 def export_scripting(model, args):
-    if args.format != "torchscript":
-        raise SystemExit("--export-method scripting only produces --format torchscript")
+    """Script `model` into model.ts; returns a callable with the model's interface (for
+    --run-eval) for R-CNN and RetinaNet models, else None."""
     try:
-        scripted = torch.jit.script(ScriptableAdapter(model))
+        scripted = scripting_with_instances(ScriptableAdapter(model), DEFAULT_SCRIPTING_FIELDS)
     except Exception as e:  # the TorchScript frontend raises many exception types
         message = str(e).strip().splitlines()
         raise SystemExit(
-            f"{type(model).__name__} is not scriptable yet (use --export-method tracing). The "
+            f"{type(model).__name__} could not be scripted (try --export-method tracing). The "
             f"TorchScript compiler stopped at:\n" + "\n".join(message[:12])
         ) from e
-    save_torchscript(scripted, args.output)
-    return None
+    path = save_torchscript(scripted, args.output)
+    logger.info(f"Saved {path}")
+    if not isinstance(model, (GeneralizedRCNN, RetinaNet)):
+        return None
+
+    def run_exported(batch):
+        inputs = batch[0]
+        fields = scripted([{"image": inputs["image"]}])[0]
+        instances = Instances(tuple(inputs["image"].shape[-2:]))
+        for name, value in fields.items():
+            instances.set(name, Boxes(value) if DEFAULT_SCRIPTING_FIELDS[name] is Boxes else value)
+        return [{"instances": detector_postprocess(instances, inputs["height"], inputs["width"])}]
+
+    return run_exported
 
 
 def get_parser():
@@ -159,6 +162,9 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.export_method == "scripting" and args.format != "torchscript":
+        raise SystemExit(f"--export-method scripting produces TorchScript only: use --format torchscript "
+                         f"(got --format {args.format}), or --export-method tracing for ONNX")
     setup_logger()
     logger.info(f"Command line arguments: {args}")
     PathManager.mkdirs(args.output)
@@ -181,13 +187,11 @@ def run_eval(cfg, exported, args):
     from detzoo.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 
     if exported is None:
-        raise SystemExit(f"--run-eval needs --export-method tracing --format torchscript for an R-CNN "
-                         f"or RetinaNet model (got {args.export_method}, {args.format})")
+        raise SystemExit(f"--run-eval needs --format torchscript and an R-CNN or RetinaNet model "
+                         f"(got {args.export_method}, {args.format})")
     logger.info("Running evaluation ... this takes a long time if you export to CPU.")
     dataset = cfg.DATASETS.TEST[0]
     loader = build_detection_test_loader(cfg, dataset)
-    # The traced graph holds one image size; evaluation images are resized to the test size,
-    # so only images of that exact shape give correct results.
     evaluator = COCOEvaluator(dataset, output_dir=args.output)
     print_csv_format(inference_on_dataset(exported, loader, evaluator))
 

@@ -1,5 +1,5 @@
 """Export entry points shared by tools/export_model.py and user code."""
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -33,12 +33,18 @@ def export_onnx(
     f: Union[str, BinaryIO],
     opset_version: int = DEFAULT_ONNX_OPSET,
     input_names=("image",),
+    dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None,
 ) -> None:
     """Export a `TracingAdapter` to ONNX with the TorchScript-based exporter (dynamo=False),
     with detzoo's ops mapped to ONNX ones (see `onnx_symbolics`).
 
     The graph is traced on `adapter.flattened_inputs`; decode the ONNX outputs with
     `adapter.outputs_schema`.
+
+    Args:
+        dynamic_axes: as in `torch.onnx.export`. Default: the last two dimensions (height and
+            width) of every input of 3 or more dimensions are left free, so the model takes
+            images of any size (the number of detections is always free).
     """
     if opset_version < MIN_OPSET:
         raise ValueError(f"export_onnx: opset_version must be at least {MIN_OPSET} (RoiAlign with "
@@ -46,5 +52,11 @@ def export_onnx(
     register_onnx_symbolics()
     num_inputs = len(adapter.flattened_inputs)
     names = list(input_names)[:num_inputs] + [f"input_{i}" for i in range(len(input_names), num_inputs)]
+    if dynamic_axes is None:
+        dynamic_axes = {
+            name: {x.dim() - 2: f"{name}_height", x.dim() - 1: f"{name}_width"}
+            for name, x in zip(names, adapter.flattened_inputs)
+            if x.dim() >= 3
+        }
     torch.onnx.export(adapter, adapter.flattened_inputs, f, dynamo=False, opset_version=opset_version,
-                      input_names=names)
+                      input_names=names, dynamic_axes=dynamic_axes)

@@ -145,7 +145,9 @@ class InstancesSchema(DictSchema):
         values, schema = super().flatten(obj.get_fields())
         image_size = obj.image_size
         if not isinstance(image_size, torch.Tensor):
-            image_size = torch.tensor(image_size)
+            # Sizes traced from the input (see ImageList.from_tensors) must stay in the graph.
+            traced = all(isinstance(s, torch.Tensor) for s in image_size)
+            image_size = torch.stack(tuple(image_size)) if traced else torch.tensor(image_size)
         return values + (image_size,), schema
 
 

@@ -73,8 +73,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     Returns:
         Tensor[K] int64: indices into `boxes` of the kept boxes, by decreasing score.
     """
-    iou_threshold = _check_nms_inputs("nms", boxes, scores, iou_threshold, 4)
-    return _ext.load().nms(boxes, scores, iou_threshold)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_nms_inputs("nms", boxes, scores, iou_threshold, 4)
+        _ext.load()
+    return torch.ops.detzoo.nms(boxes, scores, iou_threshold)
 
 
 def nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -93,8 +95,10 @@ def nms_rotated(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
     Returns:
         Tensor[K] int64: indices into `boxes` of the kept boxes, by decreasing score.
     """
-    iou_threshold = _check_nms_inputs("nms_rotated", boxes, scores, iou_threshold, 5)
-    return _ext.load().nms_rotated(boxes, scores, iou_threshold)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_nms_inputs("nms_rotated", boxes, scores, iou_threshold, 5)
+        _ext.load()
+    return torch.ops.detzoo.nms_rotated(boxes, scores, iou_threshold)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -114,8 +118,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     Returns:
         Tensor[K] int64: indices into `boxes` of the kept boxes, by decreasing score.
     """
-    iou_threshold = _check_nms_inputs("batched_nms", boxes, scores, iou_threshold, 4)
-    _check_idxs("batched_nms", idxs, boxes)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_nms_inputs("batched_nms", boxes, scores, iou_threshold, 4)
+        _check_idxs("batched_nms", idxs, boxes)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes = boxes.float()
@@ -148,8 +153,9 @@ def batched_nms_rotated(
     Returns:
         Tensor[K] int64: indices into `boxes` of the kept boxes, by decreasing score.
     """
-    iou_threshold = _check_nms_inputs("batched_nms_rotated", boxes, scores, iou_threshold, 5)
-    _check_idxs("batched_nms_rotated", idxs, boxes)
+    if not torch.jit.is_scripting():
+        iou_threshold = _check_nms_inputs("batched_nms_rotated", boxes, scores, iou_threshold, 5)
+        _check_idxs("batched_nms_rotated", idxs, boxes)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes = boxes.float()

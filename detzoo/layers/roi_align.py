@@ -9,6 +9,7 @@ from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.jit.annotations import BroadcastingList2
 from torch.nn.modules.utils import _pair
 
 from detzoo import _ext
@@ -62,8 +63,8 @@ def _boxes_to_rois(boxes: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.
 
 def roi_align(
     input: torch.Tensor,
-    boxes: Union[torch.Tensor, List[torch.Tensor]],
-    output_size,
+    boxes: torch.Tensor,
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -85,13 +86,18 @@ def roi_align(
 
     Returns:
         Tensor[R, C, h, w], the dtype of `input`.
+
+    In TorchScript `boxes` must be the (R, 5) tensor, and the inputs are not checked.
     """
-    _check_features(input)
-    rois = boxes if isinstance(boxes, torch.Tensor) else _boxes_to_rois(boxes)
-    _check_rois(rois, input, 5, "[image index, x1, y1, x2, y2]")
-    pooled_height, pooled_width = _pooled_size(output_size)
-    return _ext.load().roi_align(
-        input, rois, float(spatial_scale), pooled_height, pooled_width, int(sampling_ratio), bool(aligned)
+    if not torch.jit.is_scripting():
+        _check_features(input)
+        if not isinstance(boxes, torch.Tensor):
+            boxes = _boxes_to_rois(boxes)
+        _check_rois(boxes, input, 5, "[image index, x1, y1, x2, y2]")
+        output_size = _pooled_size(output_size)
+        _ext.load()
+    return torch.ops.detzoo.roi_align(
+        input, boxes, float(spatial_scale), output_size[0], output_size[1], int(sampling_ratio), bool(aligned)
     )
 
 
@@ -124,10 +130,11 @@ class ROIAlign(nn.Module):
         Returns:
             Tensor[R, C, h, w].
         """
-        _check_features(input)
-        if not isinstance(rois, torch.Tensor) or rois.dim() != 2 or rois.shape[1] != 5:
-            shape = tuple(rois.shape) if isinstance(rois, torch.Tensor) else type(rois).__name__
-            raise ValueError(f"rois must have shape (R, 5) with rows [image index, x1, y1, x2, y2], got {shape}")
+        if not torch.jit.is_scripting():
+            _check_features(input)
+            if not isinstance(rois, torch.Tensor) or rois.dim() != 2 or rois.shape[1] != 5:
+                shape = tuple(rois.shape) if isinstance(rois, torch.Tensor) else type(rois).__name__
+                raise ValueError(f"rois must have shape (R, 5) with rows [image index, x1, y1, x2, y2], got {shape}")
         return roi_align(
             input,
             rois.to(dtype=input.dtype),

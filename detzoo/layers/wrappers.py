@@ -6,7 +6,7 @@ Detectron2 imports them from the same place. The wrappers that add something are
 (an optional norm and activation that keep Detectron2's state-dict names), `cat` (no copy for
 one tensor) and `cross_entropy` (zero instead of NaN for an empty batch).
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -52,7 +52,8 @@ class Conv2d(nn.Conv2d):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        # What nn.Conv2d.forward does; TorchScript cannot call super().forward.
+        x = self._conv_forward(x, self.weight, self.bias)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -60,9 +61,10 @@ class Conv2d(nn.Conv2d):
         return x
 
 
-def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """`torch.cat`, except that a sequence of one tensor returns that tensor itself (no copy)."""
-    if not isinstance(tensors, (list, tuple)):
+def cat(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """`torch.cat`, except that a list (or tuple) of one tensor returns that tensor itself (no
+    copy)."""
+    if not torch.jit.is_scripting() and not isinstance(tensors, (list, tuple)):
         raise TypeError(f"cat: tensors must be a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 1:
         return tensors[0]
@@ -108,19 +110,21 @@ def shapes_to_tensor(x: List[int], device: Optional[torch.device] = None) -> tor
     and must stay so: `torch.stack` keeps them connected to the traced inputs, whereas
     `torch.as_tensor` would record today's values as constants.
     """
-    if torch.jit.is_scripting():
-        return torch.as_tensor(x, device=device)
-    if torch.jit.is_tracing():
-        not_tensors = [type(t).__name__ for t in x if not isinstance(t, torch.Tensor)]
-        if not_tensors:
-            raise TypeError(
-                f"shapes_to_tensor: while tracing, every size must be a tensor (take them "
-                f"from tensor.shape), got {not_tensors}"
-            )
-        stacked = torch.stack(x)
-        # Moving only when needed keeps the device out of the trace when it is already right.
-        return stacked if stacked.device == device else stacked.to(device=device)
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        return _stack_traced_sizes(x, device)
     return torch.as_tensor(x, device=device)
+
+
+def _stack_traced_sizes(x: List[torch.Tensor], device: Optional[torch.device]) -> torch.Tensor:
+    not_tensors = [type(t).__name__ for t in x if not isinstance(t, torch.Tensor)]
+    if not_tensors:
+        raise TypeError(
+            f"shapes_to_tensor: while tracing, every size must be a tensor (take them "
+            f"from tensor.shape), got {not_tensors}"
+        )
+    stacked = torch.stack(x)
+    # Moving only when needed keeps the device out of the trace when it is already right.
+    return stacked if stacked.device == device else stacked.to(device=device)
 
 
 @torch.jit.script_if_tracing

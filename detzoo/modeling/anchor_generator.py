@@ -52,6 +52,10 @@ class BufferList(nn.Module):
     def __len__(self) -> int:
         return len(self._buffers)
 
+    def tensors(self) -> List[torch.Tensor]:
+        """The buffers in order, as a list (also in TorchScript, which cannot iterate self)."""
+        return [buffer for _, buffer in self.named_buffers()]
+
     def __iter__(self):
         return iter(self._buffers.values())
 
@@ -60,7 +64,7 @@ class BufferList(nn.Module):
 
 
 def _grid_shifts(
-    grid_size: Sequence[int], stride: int, offset: float, device: torch.device
+    grid_size: List[int], stride: int, offset: float, device: torch.device
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) input-image coordinates of every position of an H x W grid, row-major.
 
@@ -139,7 +143,7 @@ class DefaultAnchorGenerator(nn.Module):
         cell_anchors (BufferList): per level, Tensor[A, 4] XYXY_ABS centered at (0, 0).
     """
 
-    box_dim: int = 4
+    box_dim: torch.jit.Final[int] = 4
 
     @configurable
     def __init__(self, *, sizes, aspect_ratios, strides: List[int], offset: float = 0.5):
@@ -173,11 +177,13 @@ class DefaultAnchorGenerator(nn.Module):
         }
 
     @property
+    @torch.jit.unused
     def num_anchors(self) -> List[int]:
         """list[int]: number of anchors per position on each feature map (sizes x ratios)."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
     @property
+    @torch.jit.unused
     def num_cell_anchors(self) -> List[int]:
         """Alias of `num_anchors` (Detectron2's older name)."""
         return self.num_anchors
@@ -196,10 +202,10 @@ class DefaultAnchorGenerator(nn.Module):
                 anchors.append([-width / 2.0, -height / 2.0, width / 2.0, height / 2.0])
         return torch.tensor(anchors, dtype=torch.float32).reshape(-1, 4)
 
-    def _grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[torch.Tensor]:
+    def _grid_anchors(self, grid_sizes: List[List[int]]) -> List[torch.Tensor]:
         """Per level, Tensor[H * W * A, 4]: the cell anchors shifted to every grid position."""
         anchors = []
-        for grid_size, stride, cell_anchors in zip(grid_sizes, self.strides, self.cell_anchors):
+        for grid_size, stride, cell_anchors in zip(grid_sizes, self.strides, self.cell_anchors.tensors()):
             shift_x, shift_y = _grid_shifts(grid_size, stride, self.offset, cell_anchors.device)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
             anchors.append((shifts[:, None, :] + cell_anchors[None, :, :]).reshape(-1, 4))
@@ -214,7 +220,8 @@ class DefaultAnchorGenerator(nn.Module):
         Returns:
             list[Boxes]: per level, Hi * Wi * A anchors, XYXY_ABS in input-image pixels.
         """
-        _check_features(features, self.num_features, type(self).__name__)
+        if not torch.jit.is_scripting():
+            _check_features(features, self.num_features, type(self).__name__)
         grid_sizes = [feature_map.shape[-2:] for feature_map in features]
         return [Boxes(anchors) for anchors in self._grid_anchors(grid_sizes)]
 
@@ -229,7 +236,7 @@ class RotatedAnchorGenerator(nn.Module):
         cell_anchors (BufferList): per level, Tensor[A, 5] XYWHA_ABS centered at (0, 0).
     """
 
-    box_dim: int = 5
+    box_dim: torch.jit.Final[int] = 5
 
     @configurable
     def __init__(self, *, sizes, aspect_ratios, strides: List[int], angles, offset: float = 0.5):
@@ -261,12 +268,14 @@ class RotatedAnchorGenerator(nn.Module):
         }
 
     @property
+    @torch.jit.unused
     def num_anchors(self) -> List[int]:
         """list[int]: number of anchors per position on each feature map
         (sizes x ratios x angles)."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
     @property
+    @torch.jit.unused
     def num_cell_anchors(self) -> List[int]:
         """Alias of `num_anchors` (Detectron2's older name)."""
         return self.num_anchors
@@ -290,10 +299,10 @@ class RotatedAnchorGenerator(nn.Module):
                 anchors.extend([0.0, 0.0, width, height, float(angle)] for angle in angles)
         return torch.tensor(anchors, dtype=torch.float32).reshape(-1, 5)
 
-    def _grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[torch.Tensor]:
+    def _grid_anchors(self, grid_sizes: List[List[int]]) -> List[torch.Tensor]:
         """Per level, Tensor[H * W * A, 5]: the cell anchors moved to every grid position."""
         anchors = []
-        for grid_size, stride, cell_anchors in zip(grid_sizes, self.strides, self.cell_anchors):
+        for grid_size, stride, cell_anchors in zip(grid_sizes, self.strides, self.cell_anchors.tensors()):
             shift_x, shift_y = _grid_shifts(grid_size, stride, self.offset, cell_anchors.device)
             zeros = torch.zeros_like(shift_x)
             shifts = torch.stack((shift_x, shift_y, zeros, zeros, zeros), dim=1)
@@ -309,7 +318,8 @@ class RotatedAnchorGenerator(nn.Module):
         Returns:
             list[RotatedBoxes]: per level, Hi * Wi * A anchors, XYWHA_ABS.
         """
-        _check_features(features, self.num_features, type(self).__name__)
+        if not torch.jit.is_scripting():
+            _check_features(features, self.num_features, type(self).__name__)
         grid_sizes = [feature_map.shape[-2:] for feature_map in features]
         return [RotatedBoxes(anchors) for anchors in self._grid_anchors(grid_sizes)]
 

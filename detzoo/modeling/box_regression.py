@@ -88,7 +88,9 @@ class Box2BoxTransform:
             scale_clamp (float): upper bound of dw and dh (after dividing by the weights)
                 when applying deltas.
         """
-        self.weights = _check_weights(weights, 4, "Box2BoxTransform")
+        if not torch.jit.is_scripting():
+            weights = _check_weights(weights, 4, "Box2BoxTransform")
+        self.weights = weights
         self.scale_clamp = scale_clamp
 
     def get_deltas(self, src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
@@ -102,10 +104,12 @@ class Box2BoxTransform:
         Returns:
             Tensor[N, 4]: (dx, dy, dw, dh), in the dtype of the inputs.
         """
-        _check_pair(src_boxes, target_boxes, 4, "Box2BoxTransform.get_deltas")
+        if not torch.jit.is_scripting():
+            _check_pair(src_boxes, target_boxes, 4, "Box2BoxTransform.get_deltas")
         src_widths = src_boxes[:, 2] - src_boxes[:, 0]
         src_heights = src_boxes[:, 3] - src_boxes[:, 1]
-        _require_positive_sizes(src_widths, src_heights, "Box2BoxTransform.get_deltas")
+        if not torch.jit.is_scripting():
+            _require_positive_sizes(src_widths, src_heights, "Box2BoxTransform.get_deltas")
         src_ctr_x = src_boxes[:, 0] + 0.5 * src_widths
         src_ctr_y = src_boxes[:, 1] + 0.5 * src_heights
 
@@ -134,7 +138,8 @@ class Box2BoxTransform:
         Returns:
             Tensor[N, k * 4]: float32 XYXY_ABS boxes, set j in columns 4j .. 4j + 3.
         """
-        _check_deltas(deltas, boxes, 4, "Box2BoxTransform.apply_deltas")
+        if not torch.jit.is_scripting():
+            _check_deltas(deltas, boxes, 4, "Box2BoxTransform.apply_deltas")
         deltas = deltas.float()
         boxes = boxes.to(deltas.dtype)
 

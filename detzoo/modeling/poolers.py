@@ -6,7 +6,6 @@ size sqrt(area) = canonical_box_size goes to `canonical_level`; a box twice as l
 next level, and so on, clamped to the levels present.
 """
 import math
-import sys
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -45,7 +44,7 @@ def assign_boxes_to_levels(
         LongTensor[M]: for the M boxes of all images (image after image), the level index
         minus `min_level`, i.e. an index into the list of pooled feature maps.
     """
-    eps = sys.float_info.epsilon
+    eps = 2.220446049250313e-16  # sys.float_info.epsilon, written out for TorchScript
     box_sizes = torch.sqrt(torch.cat([boxes.area() for boxes in box_lists]))
     levels = torch.floor(canonical_level + torch.log2(box_sizes / canonical_box_size + eps))
     levels = torch.clamp(levels, min=min_level, max=max_level)
@@ -195,9 +194,10 @@ class ROIPooler(nn.Module):
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
         output = x[0].new_zeros((len(pooler_fmt_boxes), num_channels) + self.output_size)
-        for level, (features, pooler) in enumerate(zip(x, self.level_poolers)):
+        # Over the ModuleList alone: TorchScript cannot zip it with a list.
+        for level, pooler in enumerate(self.level_poolers):
             indices = nonzero_tuple(level_assignments == level)[0]
-            pooled = pooler(features, pooler_fmt_boxes[indices])
+            pooled = pooler(x[level], pooler_fmt_boxes[indices])
             # index_put_ (not output[indices] = ...) so that tracing records the scatter.
             output.index_put_((indices,), pooled.to(output.dtype))
         return output

@@ -5,7 +5,7 @@ image the boxes belong to. A box's area is (x1 - x0) * (y1 - y0) (continuous coo
 """
 import math
 from enum import IntEnum, unique
-from typing import Iterator, List, Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch
@@ -153,17 +153,25 @@ class Boxes:
         if tensor.numel() == 0:
             # reshape (not a new tensor) keeps the result tied to the input's device and graph
             tensor = tensor.reshape((-1, 4))
-        if tensor.dim() != 2 or tensor.shape[-1] != 4:
+        if not torch.jit.is_scripting() and (tensor.dim() != 2 or tensor.shape[-1] != 4):
             raise ValueError(f"Boxes expects a tensor of shape (N, 4), got {tuple(tensor.shape)}")
         self.tensor = tensor
 
+    def _like(self, tensor: torch.Tensor) -> "Boxes":
+        """`tensor` in a container of this object's class (RotatedBoxes stay RotatedBoxes;
+        TorchScript knows no subclasses)."""
+        if torch.jit.is_scripting():
+            return Boxes(tensor)
+        return type(self)(tensor)
+
     def clone(self) -> "Boxes":
         """A copy that shares no storage with this one."""
-        return type(self)(self.tensor.clone())
+        return self._like(self.tensor.clone())
 
-    def to(self, device: Union[str, torch.device]) -> "Boxes":
-        """The boxes on `device` (boxes stay float32, so no dtype argument)."""
-        return type(self)(self.tensor.to(device=device))
+    def to(self, device: torch.device) -> "Boxes":
+        """The boxes on `device` (a torch.device or its name; boxes stay float32, so no dtype
+        argument)."""
+        return self._like(self.tensor.to(device=device))
 
     def area(self) -> torch.Tensor:
         """Tensor[N]: (x1 - x0) * (y1 - y0) of each box (negative for inverted boxes)."""
@@ -179,7 +187,7 @@ class Boxes:
         finite = torch.isfinite(self.tensor).all(dim=1)
         if not bool(finite.all()):
             bad = int((~finite).sum())
-            raise ValueError(f"Boxes.clip: {bad} of {len(self)} boxes contain inf or NaN")
+            raise ValueError(f"Boxes.clip: {bad} of {self.tensor.shape[0]} boxes contain inf or NaN")
         h, w = box_size
         x0 = self.tensor[:, 0].clamp(min=0, max=w)
         y0 = self.tensor[:, 1].clamp(min=0, max=h)
@@ -194,22 +202,24 @@ class Boxes:
         heights = box[:, 3] - box[:, 1]
         return (widths > threshold) & (heights > threshold)
 
-    def __getitem__(self, item: Union[int, slice, torch.Tensor]) -> "Boxes":
+    def __getitem__(self, item) -> "Boxes":
         """Select boxes: `boxes[3]` (one box, still 2-D), `boxes[2:10]`, `boxes[bool_mask]`,
-        `boxes[index_tensor]`. The result may share storage with this object."""
+        `boxes[index_tensor]` (in TorchScript: tensors only). The result may share storage
+        with this object."""
         if isinstance(item, int):
-            return type(self)(self.tensor[item].view(1, -1))
+            return self._like(self.tensor[item].view(1, -1))
         selected = self.tensor[item]
-        if selected.dim() != 2:
+        if not torch.jit.is_scripting() and selected.dim() != 2:
             raise IndexError(
-                f"Indexing {type(self).__name__} with {item!r} gave shape "
+                f"Indexing {type(self).__name__} with {repr(item)} gave shape "
                 f"{tuple(selected.shape)}, not a matrix of boxes"
             )
-        return type(self)(selected)
+        return self._like(selected)
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
+    @torch.jit.unused
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.tensor})"
 
@@ -242,26 +252,28 @@ class Boxes:
     def cat(cls, boxes_list: List["Boxes"]) -> "Boxes":
         """Concatenate into a new object that shares no storage with the inputs.
         An empty list gives zero boxes."""
-        if not isinstance(boxes_list, (list, tuple)):
-            raise TypeError(
-                f"{cls.__name__}.cat takes a list or tuple, got {type(boxes_list).__name__}"
-            )
+        if not torch.jit.is_scripting():
+            _check_cat_list(cls, boxes_list)
         if len(boxes_list) == 0:
             return cls(torch.empty(0))
-        for box in boxes_list:
-            if not isinstance(box, cls):
-                raise TypeError(
-                    f"{cls.__name__}.cat: got an element of type {type(box).__name__}"
-                )
         return cls(torch.cat([b.tensor for b in boxes_list], dim=0))
 
     @property
     def device(self) -> torch.device:
         return self.tensor.device
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    @torch.jit.unused
+    def __iter__(self):  # -> Iterator[Tensor]; TorchScript cannot parse that type
         """Yield one box at a time as a Tensor of shape (4,)."""
         yield from self.tensor
+
+
+def _check_cat_list(cls: type, boxes_list) -> None:
+    if not isinstance(boxes_list, (list, tuple)):
+        raise TypeError(f"{cls.__name__}.cat takes a list or tuple, got {type(boxes_list).__name__}")
+    for box in boxes_list:
+        if not isinstance(box, cls):
+            raise TypeError(f"{cls.__name__}.cat: got an element of type {type(box).__name__}")
 
 
 def pairwise_intersection(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:

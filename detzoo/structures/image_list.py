@@ -11,7 +11,9 @@ class ImageList:
     Attributes:
         tensor (Tensor[N, ..., H, W]): the padded batch; image i occupies
             tensor[i, ..., :h_i, :w_i].
-        image_sizes (list[tuple[int, int]]): (h_i, w_i) of each image before padding.
+        image_sizes (list[tuple[int, int]]): (h_i, w_i) of each image before padding. While
+            `torch.jit.trace` runs `from_tensors` they are 0-d tensors, so that the graph reads
+            them from its input instead of keeping the sample's sizes.
     """
 
     def __init__(self, tensor: torch.Tensor, image_sizes: List[Tuple[int, int]]):
@@ -31,17 +33,19 @@ class ImageList:
         height, width = self.image_sizes[idx]
         return self.tensor[idx, ..., :height, :width]
 
+    @torch.jit.unused
     def to(self, *args: Any, **kwargs: Any) -> "ImageList":
         """Same images with the batch tensor moved/cast by `Tensor.to(*args, **kwargs)`."""
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
     @property
-    def device(self) -> torch.device:
+    def device(self):
+        """torch.device of the batch (no annotation: TorchScript cannot resolve it here)."""
         return self.tensor.device
 
     @staticmethod
     def from_tensors(
-        tensors: Sequence[torch.Tensor],
+        tensors: List[torch.Tensor],
         size_divisibility: int = 0,
         pad_value: float = 0.0,
         padding_constraints: Optional[Dict[str, int]] = None,
@@ -61,8 +65,10 @@ class ImageList:
         Returns:
             ImageList: tensor (N, C_1, ..., C_K, H, W), contiguous.
         """
-        _check_tensors(tensors)
-        image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
+        if not torch.jit.is_scripting():
+            _check_tensors(tensors)
+        # Python ints, except under tracing, where shapes are 0-d tensors that must stay so.
+        image_sizes = [(t.shape[-2], t.shape[-1]) for t in tensors]
         max_size = _padded_size(image_sizes, size_divisibility, padding_constraints)
 
         if len(tensors) == 1:
@@ -70,7 +76,7 @@ class ImageList:
             padding = [0, max_size[1] - width, 0, max_size[0] - height]
             batched = F.pad(tensors[0], padding, value=pad_value).unsqueeze_(0)
         else:
-            batch_shape = [len(tensors), *tensors[0].shape[:-2], *max_size]
+            batch_shape = [len(tensors)] + list(tensors[0].shape[:-2]) + max_size
             batched = tensors[0].new_full(batch_shape, pad_value)
             # One allocation, then one strided copy per image: faster on CPU than
             # F.pad + torch.stack or a nested tensor's to_padded_tensor, which both copy twice.
@@ -107,7 +113,12 @@ def _padded_size(
     padding_constraints: Optional[Dict[str, int]],
 ) -> List[int]:
     """[H, W] of the batch: the largest image, or the square, rounded up to the divisibility."""
-    max_size = [max(size[0] for size in image_sizes), max(size[1] for size in image_sizes)]
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        # The maximum is taken in the graph: comparing traced sizes in Python would freeze them.
+        largest = torch.stack([torch.stack(size) for size in image_sizes]).max(dim=0).values
+        max_size = [largest[0], largest[1]]
+    else:
+        max_size = [max([size[0] for size in image_sizes]), max([size[1] for size in image_sizes])]
     if padding_constraints is not None:
         square_size = padding_constraints.get("square_size", 0)
         if square_size > 0:

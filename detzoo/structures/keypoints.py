@@ -140,8 +140,8 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     """
     maps = maps.detach()
     rois = rois.detach()
-    num_rois, num_keypoints = maps.shape[:2]
-    if rois.shape != (num_rois, 4):
+    num_rois = maps.shape[0]
+    if not torch.jit.is_scripting() and rois.shape != (num_rois, 4):
         raise ValueError(
             f"heatmaps_to_keypoints: rois must have shape ({num_rois}, 4) to match maps "
             f"{tuple(maps.shape)}, got {tuple(rois.shape)}"
@@ -175,17 +175,18 @@ def _upsampled_argmax(
     Returns:
         max_logit (Tensor[R, K]), flat_pos (LongTensor[R, K]): index y * width + x.
     """
-    num_rois, num_keypoints = maps.shape[:2]
+    num_rois, num_keypoints = maps.shape[0], maps.shape[1]
     max_logit = maps.new_zeros((num_rois, num_keypoints))
     flat_pos = torch.zeros((num_rois, num_keypoints), dtype=torch.long, device=maps.device)
     if num_rois == 0:
         return max_logit, flat_pos
     sizes = torch.stack([heights, widths], dim=1).long()
     unique_sizes, group_of_roi = torch.unique(sizes, dim=0, return_inverse=True)
-    for group, (height, width) in enumerate(unique_sizes.tolist()):
+    size_list: List[List[int]] = unique_sizes.tolist()  # typed for TorchScript
+    for group, size in enumerate(size_list):
         members = (group_of_roi == group).nonzero().squeeze(1)
         resized = F.interpolate(
-            maps[members], size=(height, width), mode="bicubic", align_corners=False
+            maps[members], size=(size[0], size[1]), mode="bicubic", align_corners=False
         )
         values, positions = resized.flatten(2).max(dim=2)
         max_logit[members] = values

@@ -5,6 +5,7 @@ conv `fpn_output{k}`; its output is named "p{k}". Going top-down, the running su
 upsampled 2x (nearest) and added to the next lateral. A `top_block` may append coarser levels
 (P6 by max-pool for Faster/Mask R-CNN, P6 and P7 by strided convs for RetinaNet).
 """
+import copy
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -140,20 +141,33 @@ class FPN(Backbone):
         bottom_up_features = self.bottom_up(x)
         top_down = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
         results = [self.output_convs[0](top_down)]
-        finer_features = self.in_features[-2::-1]
-        for feature, lateral_conv, output_conv in zip(
-            finer_features, self.lateral_convs[1:], self.output_convs[1:]
-        ):
-            upsampled = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
-            top_down = lateral_conv(bottom_up_features[feature]) + upsampled
-            if self._fuse_type == "avg":
-                top_down = top_down / 2
-            results.insert(0, output_conv(top_down))
+        # Level by level towards the finest. All pairs are visited, the coarsest skipped:
+        # TorchScript can neither slice a ModuleList nor `continue` in a loop over one.
+        for index, (lateral_conv, output_conv) in enumerate(zip(self.lateral_convs, self.output_convs)):
+            if index > 0:
+                upsampled = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
+                top_down = lateral_conv(bottom_up_features[self.in_features[-1 - index]]) + upsampled
+                if self._fuse_type == "avg":
+                    top_down = top_down / 2
+                results.insert(0, output_conv(top_down))
         if self.top_block is not None:
             results.extend(self.top_block(self._top_block_input(bottom_up_features, results)))
-        return dict(zip(self._out_features, results))
+        return {name: result for name, result in zip(self._out_features, results)}
 
-    def _top_block_input(self, bottom_up_features, results: List[torch.Tensor]) -> torch.Tensor:
+    def __prepare_scriptable__(self) -> "FPN":
+        """A copy for `torch.jit.script`, which cannot index the plain lists of convs: there
+        they are nn.ModuleLists (the copy's state-dict keys become `lateral_convs.*` and
+        `output_convs.*`; this model's are unchanged)."""
+        scriptable = copy.deepcopy(self)
+        scriptable.lateral_convs = nn.ModuleList(scriptable.lateral_convs)
+        scriptable.output_convs = nn.ModuleList(scriptable.output_convs)
+        for name, _ in self.named_children():
+            if name.startswith("fpn_"):
+                delattr(scriptable, name)
+        return scriptable
+
+    def _top_block_input(self, bottom_up_features: Dict[str, torch.Tensor],
+                         results: List[torch.Tensor]) -> torch.Tensor:
         name = self.top_block.in_feature
         if name in bottom_up_features:
             return bottom_up_features[name]

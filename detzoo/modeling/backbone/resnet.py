@@ -8,6 +8,7 @@ deformable blocks `res{k}.{i}.conv2_offset.{weight,bias}`.
 Spatial sizes: the stem divides H and W by 4 (7x7 stride-2 conv, 3x3 stride-2 max-pool);
 res3, res4 and res5 each halve them again, except res5 when it is dilated (DC5 models).
 """
+import copy
 import logging
 import math
 from typing import Dict, List, Optional, Sequence
@@ -74,9 +75,10 @@ def _msra_init(*convs: Optional[nn.Module]) -> None:
 
 
 class _ResidualBlock(CNNBlockBase):
-    """Adds the (possibly projected) input to a residual branch and applies ReLU."""
+    """Adds the (possibly projected) input to a residual branch and applies ReLU.
 
-    shortcut: Optional[Conv2d]
+    Subclasses set `self.shortcut`: a Conv2d, or None for the identity.
+    """
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -394,9 +396,9 @@ class ResNet(Backbone):
             dict of the requested `out_features`: "stem"/"resK" -> (N, C_f, H_f, W_f),
             "linear" -> (N, num_classes).
         """
-        if x.dim() != 4:
+        if not torch.jit.is_scripting() and x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
-        outputs = {}
+        outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
@@ -410,6 +412,16 @@ class ResNet(Backbone):
             if "linear" in self._out_features:
                 outputs["linear"] = x
         return outputs
+
+    def __prepare_scriptable__(self) -> "ResNet":
+        """A copy for `torch.jit.script`, which cannot iterate the plain list `self.stages`:
+        there the stages are an nn.ModuleList (the copy's state-dict keys become `stages.*`;
+        this model's are unchanged)."""
+        scriptable = copy.deepcopy(self)
+        scriptable.stages = nn.ModuleList(scriptable.stages)
+        for name in self.stage_names:
+            delattr(scriptable, name)
+        return scriptable
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         """Name -> `ShapeSpec(channels, stride)` of every output in `out_features`."""

@@ -17,7 +17,7 @@ __all__ = ["DenseDetector", "permute_to_N_HWA_K"]
 
 def permute_to_N_HWA_K(tensor: Tensor, K: int) -> Tensor:
     """(N, A*K, H, W) -> (N, H*W*A, K), the order in which anchors are generated."""
-    if tensor.dim() != 4:
+    if not torch.jit.is_scripting() and tensor.dim() != 4:
         raise ValueError(f"expected a 4-D prediction (N, A*K, H, W), got shape {tuple(tensor.shape)}")
     n, _, h, w = tensor.shape
     return tensor.view(n, -1, K, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, K)
@@ -66,6 +66,9 @@ class DenseDetector(nn.Module):
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             return self.forward_training(images, features, predictions, gt_instances)
         results = self.forward_inference(images, features, predictions)
+        if torch.jit.is_scripting():
+            # Scripted: the raw detections, at the network input size.
+            return results
         processed = []
         for result, inputs, size in zip(results, batched_inputs, images.image_sizes):
             height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
@@ -87,7 +90,7 @@ class DenseDetector(nn.Module):
 
     def _transpose_dense_predictions(self, predictions: List[List[Tensor]], dims_per_anchor: List[int]):
         """Each output's per-level (N, A*K, Hi, Wi) tensors -> (N, Hi*Wi*A, K)."""
-        if len(predictions) != len(dims_per_anchor):
+        if not torch.jit.is_scripting() and len(predictions) != len(dims_per_anchor):
             raise ValueError(f"{len(predictions)} prediction kinds but {len(dims_per_anchor)} dims")
         return [[permute_to_N_HWA_K(x, k) for x in per_level] for per_level, k in zip(predictions, dims_per_anchor)]
 
@@ -111,17 +114,29 @@ class DenseDetector(nn.Module):
         above = pred_scores > score_thresh
         scores = pred_scores[above]
         pairs = torch.nonzero(above)
-        scores, order = scores.topk(min(pairs.shape[0], topk_candidates))
+        num_kept = pairs.shape[0]
+        if isinstance(num_kept, Tensor):  # a traced size: min() would freeze it into the graph
+            num_kept = torch.clamp(num_kept, max=topk_candidates)
+        else:
+            num_kept = min(num_kept, topk_candidates)
+        scores, order = scores.topk(num_kept)
         anchor_idx, class_idx = pairs[order].unbind(dim=1)
         boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idx], anchors.tensor[anchor_idx])
-        return Instances(image_size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=class_idx)
+        # Fields set one by one: a scripted Instances takes no keyword arguments.
+        detections = Instances(image_size)
+        detections.pred_boxes = Boxes(boxes)
+        detections.scores = scores
+        detections.pred_classes = class_idx
+        return detections
 
-    def _decode_multi_level_predictions(self, anchors, pred_scores, pred_deltas, score_thresh, topk_candidates,
-                                        image_size):
+    def _decode_multi_level_predictions(self, anchors: List[Boxes], pred_scores: List[Tensor],
+                                        pred_deltas: List[Tensor], score_thresh: float, topk_candidates: int,
+                                        image_size: Tuple[int, int]):
         """`_decode_per_level_predictions` on every level, concatenated."""
         per_level = [self._decode_per_level_predictions(a, s, d, score_thresh, topk_candidates, image_size)
                      for s, d, a in zip(pred_scores, pred_deltas, anchors)]
-        return Instances.cat(per_level)
+        # Called on an element: in TorchScript `Instances` is a class whose `cat` is a method.
+        return per_level[0].cat(per_level)
 
     def visualize_training(self, batched_inputs, results):
         """Put the first image with its GT boxes above its 20 best detections into the storage."""

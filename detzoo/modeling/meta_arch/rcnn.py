@@ -122,7 +122,8 @@ class GeneralizedRCNN(_ImageNormalizer):
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Losses (dict of scalar tensors) in training; `inference()` results otherwise."""
-        _check_inputs(batched_inputs)
+        if not torch.jit.is_scripting():
+            _check_inputs(batched_inputs)
         if not self.training:
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
@@ -138,9 +139,14 @@ class GeneralizedRCNN(_ImageNormalizer):
         losses.update(proposal_losses)
         return losses
 
-    def _proposals(self, batched_inputs, images, features, gt_instances):
-        if self.proposal_generator is not None:
-            return self.proposal_generator(images, features, gt_instances)
+    def _proposals(self, batched_inputs: List[Dict[str, torch.Tensor]], images: ImageList,
+                   features: Dict[str, torch.Tensor], gt_instances: Optional[List[Instances]]):
+        if self.proposal_generator is None:
+            return self._given_proposals(batched_inputs)
+        return self.proposal_generator(images, features, gt_instances)
+
+    def _given_proposals(self, batched_inputs):
+        """The inputs' "proposals" (Fast R-CNN), and no losses."""
         if "proposals" not in batched_inputs[0]:
             raise ValueError("this model has no proposal generator (MODEL.PROPOSAL_GENERATOR.NAME is "
                              "PrecomputedProposals): every input needs a 'proposals' Instances")

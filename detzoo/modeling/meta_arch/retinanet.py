@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from detzoo.config import configurable
 from detzoo.layers import ShapeSpec, batched_nms, cat, get_norm
-from detzoo.structures import Boxes, Instances, pairwise_iou
+from detzoo.structures import Boxes, ImageList, Instances, pairwise_iou
 from detzoo.utils.events import get_event_storage
 
 from ..anchor_generator import build_anchor_generator
@@ -159,10 +159,10 @@ class RetinaNet(DenseDetector):
             matched_boxes.append(boxes)
         return labels, matched_boxes
 
-    def forward_inference(self, images, features: List[Tensor], predictions: List[List[Tensor]]):
+    def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
         logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
         anchors = self.anchor_generator(features)
-        results = []
+        results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
             scores = [x[i].sigmoid() for x in logits]
             results.append(self.inference_single_image(anchors, scores, [x[i] for x in deltas], image_size))

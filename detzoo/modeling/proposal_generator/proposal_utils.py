@@ -38,14 +38,18 @@ def find_top_rpn_proposals(
     batch_index = torch.arange(len(image_sizes), device=device)[:, None]
     level_scores, level_boxes, level_ids = [], [], []
     for level, (boxes_l, logits_l) in enumerate(zip(proposals, pred_objectness_logits)):
-        k = min(logits_l.shape[1], pre_nms_topk)
+        k = logits_l.shape[1]
+        if isinstance(k, torch.Tensor):  # a traced size: min() would freeze it into the graph
+            k = torch.clamp(k, max=pre_nms_topk)
+        else:
+            k = min(k, pre_nms_topk)
         scores_l, index_l = logits_l.topk(k, dim=1)
         level_scores.append(scores_l)
         level_boxes.append(boxes_l[batch_index, index_l])
         level_ids.append(torch.full((k,), level, dtype=torch.int64, device=device))
     scores_all, boxes_all, levels = cat(level_scores, dim=1), cat(level_boxes, dim=1), cat(level_ids, dim=0)
 
-    results = []
+    results: List[Instances] = []
     for i, image_size in enumerate(image_sizes):
         boxes, scores, lvl = Boxes(boxes_all[i]), scores_all[i], levels
         finite = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
@@ -55,7 +59,8 @@ def find_top_rpn_proposals(
             boxes, scores, lvl = boxes[finite], scores[finite], lvl[finite]
         boxes.clip(image_size)
         big_enough = boxes.nonempty(threshold=min_box_size)
-        if not bool(big_enough.all()):
+        # Always filtered in a traced graph: other inputs than the sample may have empty boxes.
+        if torch.jit.is_tracing() or not bool(big_enough.all()):
             boxes, scores, lvl = boxes[big_enough], scores[big_enough], lvl[big_enough]
         # Detectron2 takes the post-NMS top-k per image (Detectron1 did it per batch in training).
         keep = batched_nms(boxes.tensor, scores, lvl, nms_thresh)[:post_nms_topk]

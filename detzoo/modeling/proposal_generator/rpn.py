@@ -279,7 +279,7 @@ class RPN(nn.Module):
         logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
         deltas = [x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
                   for x in deltas]
-        losses = {}
+        losses: Dict[str, torch.Tensor] = {}
         if self.training:
             if gt_instances is None:
                 raise ValueError("RPN needs gt_instances in training mode")
@@ -288,16 +288,18 @@ class RPN(nn.Module):
         proposals = self.predict_proposals(anchors, logits, deltas, images.image_sizes)
         return proposals, losses
 
-    @torch.no_grad()
-    def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
+    def predict_proposals(self, anchors: List[Boxes], pred_objectness_logits: List[torch.Tensor],
+                          pred_anchor_deltas: List[torch.Tensor], image_sizes: List[Tuple[int, int]]):
         """Decode deltas and keep the top proposals (see `find_top_rpn_proposals`). Proposals are
-        treated as constants by the ROI heads (approximate joint training), hence no_grad."""
-        boxes = self._decode_proposals(anchors, pred_anchor_deltas)
-        return find_top_rpn_proposals(boxes, pred_objectness_logits, image_sizes, self.nms_thresh,
-                                      self.pre_nms_topk[self.training], self.post_nms_topk[self.training],
-                                      self.min_box_size, self.training)
+        treated as constants by the ROI heads (approximate joint training), hence no_grad (a
+        `with` block, not the decorator, which TorchScript cannot see through)."""
+        with torch.no_grad():
+            boxes = self._decode_proposals(anchors, pred_anchor_deltas)
+            return find_top_rpn_proposals(boxes, pred_objectness_logits, image_sizes, self.nms_thresh,
+                                          self.pre_nms_topk[self.training], self.post_nms_topk[self.training],
+                                          self.min_box_size, self.training)
 
-    def _decode_proposals(self, anchors, pred_anchor_deltas):
+    def _decode_proposals(self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor]):
         """L tensors (N, Hi*Wi*A, B) of boxes from the anchors and the predicted deltas."""
         num_images = pred_anchor_deltas[0].shape[0]
         decoded = []

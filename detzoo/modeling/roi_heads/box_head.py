@@ -72,6 +72,7 @@ class FastRCNNConvFCHead(nn.Sequential):
         return x
 
     @property
+    @torch.jit.unused
     def output_shape(self):
         """ShapeSpec of the output: channels only after fc layers, else channels, height, width."""
         if len(self._output_shape) == 1:

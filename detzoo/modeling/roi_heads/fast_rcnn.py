@@ -20,7 +20,8 @@ from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
 __all__ = ["fast_rcnn_inference", "fast_rcnn_inference_single_image", "FastRCNNOutputLayers"]
 
 
-def fast_rcnn_inference(boxes, scores, image_shapes, score_thresh, nms_thresh, topk_per_image):
+def fast_rcnn_inference(boxes: List[torch.Tensor], scores: List[torch.Tensor], image_shapes: List[Tuple[int, int]],
+                        score_thresh: float, nms_thresh: float, topk_per_image: int):
     """Detections of every image (see `fast_rcnn_inference_single_image`).
 
     Args:
@@ -36,8 +37,8 @@ def fast_rcnn_inference(boxes, scores, image_shapes, score_thresh, nms_thresh, t
     return [r[0] for r in results], [r[1] for r in results]
 
 
-def fast_rcnn_inference_single_image(boxes, scores, image_shape: Tuple[int, int], score_thresh: float,
-                                     nms_thresh: float, topk_per_image: int):
+def fast_rcnn_inference_single_image(boxes: torch.Tensor, scores: torch.Tensor, image_shape: Tuple[int, int],
+                                     score_thresh: float, nms_thresh: float, topk_per_image: int):
     """Clip boxes, keep (region, class) pairs scoring above `score_thresh`, NMS per class,
     keep the `topk_per_image` best (all if < 0). Regions with non-finite values are dropped."""
     finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
@@ -273,7 +274,7 @@ class FastRCNNOutputLayers(nn.Module):
                                           [gt_boxes[fg]], ..., self.box_reg_loss_type, self.smooth_l1_beta)
         return loss / max(gt_classes.numel(), 1.0)
 
-    def inference(self, predictions, proposals: List[Instances]):
+    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
         """Detections per image (see `fast_rcnn_inference`)."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
@@ -297,15 +298,15 @@ class FastRCNNOutputLayers(nn.Module):
                 torch.arange(num_regions, device=boxes.device), gt_classes]
         return boxes.split([len(p) for p in proposals])
 
-    def predict_boxes(self, predictions, proposals: List[Instances]):
+    def predict_boxes(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
         """Per image (Ri, K*4) or (Ri, 4): the decoded boxes."""
-        if not proposals:
+        if len(proposals) == 0:
             return []
         _, deltas = predictions
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         return self.box2box_transform.apply_deltas(deltas, proposal_boxes).split([len(p) for p in proposals])
 
-    def predict_probs(self, predictions, proposals: List[Instances]):
+    def predict_probs(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
         """Per image (Ri, K+1): class probabilities (softmax, or sigmoid for sigmoid CE)."""
         scores, _ = predictions
         probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)

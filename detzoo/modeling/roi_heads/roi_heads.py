@@ -193,6 +193,8 @@ class Res5ROIHeads(ROIHeads):
     """ROI heads of "C4" models: box and mask heads share one pooled region feature computed by
     the res5 stage of the ResNet (ResNet paper, appendix A)."""
 
+    mask_on: torch.jit.Final[bool]  # a constant for TorchScript
+
     @configurable
     def __init__(self, *, in_features: List[str], pooler: ROIPooler, res5: nn.Module, box_predictor: nn.Module,
                  mask_head: Optional[nn.Module] = None, **kwargs):
@@ -255,7 +257,8 @@ class Res5ROIHeads(ROIHeads):
         """Pooled regions through res5: (R, C, 7, 7) at the default resolution of 14."""
         return self.res5(self.pooler(features, boxes))
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(self, images: ImageList, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                targets: Optional[List[Instances]] = None):
         if self.training:
             _check_training_targets(targets)
             proposals = self.label_and_sample_proposals(proposals, targets)
@@ -272,7 +275,7 @@ class Res5ROIHeads(ROIHeads):
             losses.update(self.mask_head(box_features[torch.cat(masks, dim=0)], foreground))
         return [], losses
 
-    def forward_with_given_boxes(self, features, instances):
+    def forward_with_given_boxes(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         """Add mask predictions to detections that have pred_boxes and pred_classes (inference)."""
         if self.training:
             raise RuntimeError("forward_with_given_boxes is for inference; call eval() first")
@@ -285,6 +288,10 @@ class Res5ROIHeads(ROIHeads):
 @ROI_HEADS_REGISTRY.register()
 class StandardROIHeads(ROIHeads):
     """Each head (box, mask, keypoint) has its own pooler and network; used by FPN models."""
+
+    # Constants for TorchScript, which then compiles only the heads that exist.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(self, *, box_in_features: List[str], box_pooler: ROIPooler, box_head: nn.Module,
@@ -369,7 +376,8 @@ class StandardROIHeads(ROIHeads):
         return {"keypoint_in_features": in_features, "keypoint_pooler": pooler,
                 "keypoint_head": build_keypoint_head(cfg, shape)}
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(self, images: ImageList, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                targets: Optional[List[Instances]] = None):
         if self.training:
             _check_training_targets(targets)
             proposals = self.label_and_sample_proposals(proposals, targets)
@@ -382,14 +390,14 @@ class StandardROIHeads(ROIHeads):
         # Masks and keypoints are predicted for the final detections only.
         return self.forward_with_given_boxes(features, instances), {}
 
-    def forward_with_given_boxes(self, features, instances):
+    def forward_with_given_boxes(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         """Add mask / keypoint predictions to detections with pred_boxes and pred_classes."""
         if self.training:
             raise RuntimeError("forward_with_given_boxes is for inference; call eval() first")
         instances = self._forward_mask(features, instances)
         return self._forward_keypoint(features, instances)
 
-    def _forward_box(self, features, proposals):
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         """Losses in training (and refined proposal boxes if train_on_pred_boxes); detections
         at inference."""
         box_features = self.box_pooler([features[f] for f in self.box_in_features],
@@ -406,25 +414,33 @@ class StandardROIHeads(ROIHeads):
                     per_image.proposal_boxes = Boxes(boxes)
         return losses
 
-    def _head_inputs(self, features, instances, in_features, pooler):
-        if pooler is None:
-            return {f: features[f] for f in in_features}
-        boxes = [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
-        return pooler([features[f] for f in in_features], boxes)
+    def _boxes_to_pool(self, instances: List[Instances]) -> List[Boxes]:
+        """The regions the mask / keypoint heads look at: proposals in training, detections
+        at inference."""
+        return [i.proposal_boxes if self.training else i.pred_boxes for i in instances]
 
-    def _forward_mask(self, features, instances):
+    # The heads take the pooled regions, or the features themselves when they have no pooler.
+    # The branches are written out, not shared: TorchScript cannot pass a module (the pooler)
+    # to a function.
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         if not self.mask_on:
             return {} if self.training else instances
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
-        return self.mask_head(self._head_inputs(features, instances, self.mask_in_features, self.mask_pooler),
-                              instances)
+        if self.mask_pooler is None:
+            return self.mask_head({f: features[f] for f in self.mask_in_features}, instances)
+        pooled = self.mask_pooler([features[f] for f in self.mask_in_features], self._boxes_to_pool(instances))
+        return self.mask_head(pooled, instances)
 
-    def _forward_keypoint(self, features, instances):
+    def _forward_keypoint(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         if not self.keypoint_on:
             return {} if self.training else instances
         if self.training:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
             instances = select_proposals_with_visible_keypoints(instances)
-        return self.keypoint_head(
-            self._head_inputs(features, instances, self.keypoint_in_features, self.keypoint_pooler), instances)
+        if self.keypoint_pooler is None:
+            return self.keypoint_head({f: features[f] for f in self.keypoint_in_features}, instances)
+        pooled = self.keypoint_pooler([features[f] for f in self.keypoint_in_features],
+                                      self._boxes_to_pool(instances))
+        return self.keypoint_head(pooled, instances)
