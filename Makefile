@@ -29,10 +29,11 @@ $(VENV)/.stamp-torch: $(VENV)/.stamp-venv
 	touch $@
 
 $(VENV)/.stamp-deps: $(VENV)/.stamp-torch setup.py pyproject.toml
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	DETZOO_SKIP_EXTENSIONS=1 $(PIP) install -q --no-build-isolation -e ".[dev]"
 	touch $@
 
-# Rebuilds only the changed sources (ninja) when csrc/ changes.
+# The one compilation of the extensions (pip skipped them above); ninja rebuilds only the
+# changed sources when csrc/ changes.
 $(VENV)/.stamp-ext: $(VENV)/.stamp-deps $(CSRC)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@

@@ -7,6 +7,10 @@ architectures; we default to the common data-centre and consumer ones).
 torch is needed to build: `pyproject.toml` declares it as a build requirement, so an isolated
 `pip install .` gets it, and `pip install --no-build-isolation .` uses the installed one. Without
 it, or without a C++ compiler, the build stops with one clear message.
+
+DETZOO_SKIP_EXTENSIONS=1 leaves the extensions out: `make install` sets it for
+`pip install -e` and then compiles them once with `setup.py build_ext --inplace` (incremental
+with ninja), instead of compiling them twice (once in pip's throwaway build folder).
 """
 import glob
 import os
@@ -129,7 +133,10 @@ def _read(path):
         return f.read()
 
 
-ext_modules, cmdclass = get_extensions()
+if os.environ.get("DETZOO_SKIP_EXTENSIONS", "0") == "1":
+    ext_modules, cmdclass = [], {}
+else:
+    ext_modules, cmdclass = get_extensions()
 
 setup(
     name="detzoo",
