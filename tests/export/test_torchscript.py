@@ -1,5 +1,5 @@
 """Scripting: the generated `Instances` class (`patch_instances`), `freeze_training_mode`, and
-Mask R-CNN / RetinaNet (also Faster and Keypoint R-CNN) compiled by `scripting_with_instances`,
+Mask R-CNN / RetinaNet (also Faster, Keypoint and Cascade R-CNN) compiled by `scripting_with_instances`,
 which must give exactly the eager detections (same kernels) on images of any size;
 tools/export_model.py --export-method scripting."""
 import importlib.util
@@ -163,6 +163,7 @@ def _tiny_rcnn(config, extra_opts):
     [
         ("quick_schedules/detzoo/faster_rcnn_R_50_FPN_shapes.yaml", []),
         ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", ["MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (32, 32)]),
+        ("Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml", []),
     ],
 )
 def test_other_rcnn_variants_script(config, extra_opts):

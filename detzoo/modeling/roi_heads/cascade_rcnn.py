@@ -1,13 +1,13 @@
 """Cascade R-CNN ROI heads: a sequence of box heads, each refining the boxes of the previous
 one and trained against ground truth matched at a higher IoU."""
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from detzoo.config import configurable
 from detzoo.layers import ShapeSpec
-from detzoo.structures import Boxes, Instances, pairwise_iou
+from detzoo.structures import Boxes, ImageList, Instances, pairwise_iou
 from detzoo.utils.events import get_event_storage
 
 from ..box_regression import Box2BoxTransform
@@ -96,7 +96,8 @@ class CascadeROIHeads(StandardROIHeads):
         return {"box_in_features": in_features, "box_pooler": pooler, "box_heads": heads,
                 "box_predictors": predictors, "proposal_matchers": matchers}
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(self, images: ImageList, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                targets: Optional[List[Instances]] = None):
         if self.training:
             if not targets:
                 raise ValueError("ROI heads need ground-truth targets in training mode")
@@ -108,36 +109,48 @@ class CascadeROIHeads(StandardROIHeads):
         instances = self._forward_box(features, proposals)
         return self.forward_with_given_boxes(features, instances), {}
 
-    def _forward_box(self, features, proposals, targets=None):
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances],
+                     targets: Optional[List[Instances]] = None):
         """Run the stages; losses of every stage (suffix `_stage<k>`) in training, detections
         with stage-averaged scores and last-stage boxes at inference."""
-        features = [features[f] for f in self.box_in_features]
+        box_features = [features[f] for f in self.box_in_features]
         image_sizes = [p.image_size for p in proposals]
-        outputs, boxes = [], None
-        for stage in range(self.num_cascade_stages):
+        stage_outputs = []  # training: (predictor, predictions, proposals) of each stage
+        stage_scores: List[List[torch.Tensor]] = []  # inference: class probabilities per stage
+        boxes: List[torch.Tensor] = []
+        score_thresh, nms_thresh, topk = 0.0, 0.0, 0
+        for stage, (head, predictor) in enumerate(zip(self.box_head, self.box_predictor)):
             if stage > 0:
                 proposals = self._create_proposals_from_boxes(boxes, image_sizes)
                 if self.training:
                     proposals = self._match_and_label_boxes(proposals, stage, targets)
-            predictions = self._run_stage(features, proposals, stage)
-            boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
-            outputs.append((self.box_predictor[stage], predictions, proposals))
+            pooled = self.box_pooler(box_features, [p.proposal_boxes for p in proposals])
+            if self.training:
+                # The features are shared by all stages: scaling their gradient by 1/stages
+                # averages the stage losses there while each head keeps its full gradient.
+                pooled = _ScaleGradient.apply(pooled, 1.0 / self.num_cascade_stages)
+            predictions = predictor(head(pooled))
+            boxes = list(predictor.predict_boxes(predictions, proposals))
+            if self.training:
+                stage_outputs.append((predictor, predictions, proposals))
+            else:
+                stage_scores.append(list(predictor.predict_probs(predictions, proposals)))
+                score_thresh, nms_thresh = predictor.test_score_thresh, predictor.test_nms_thresh
+                topk = predictor.test_topk_per_image
 
         if self.training:
             losses, storage = {}, get_event_storage()
-            for stage, (predictor, predictions, stage_proposals) in enumerate(outputs):
+            for stage, (predictor, predictions, stage_proposals) in enumerate(stage_outputs):
                 with storage.name_scope(f"stage{stage}"):
                     stage_losses = predictor.losses(predictions, stage_proposals)
                 losses.update({f"{k}_stage{stage}": v for k, v in stage_losses.items()})
             return losses
 
-        per_stage = [predictor.predict_probs(predictions, p) for predictor, predictions, p in outputs]
-        scores = [sum(per_image) * (1.0 / self.num_cascade_stages) for per_image in zip(*per_stage)]
-        predictor, predictions, last_proposals = outputs[-1]
-        instances, _ = fast_rcnn_inference(predictor.predict_boxes(predictions, last_proposals), scores, image_sizes,
-                                           predictor.test_score_thresh, predictor.test_nms_thresh,
-                                           predictor.test_topk_per_image)
-        return instances
+        scores = stage_scores[0]
+        for later in stage_scores[1:]:
+            scores = [total + probs for total, probs in zip(scores, later)]
+        scores = [total * (1.0 / self.num_cascade_stages) for total in scores]
+        return fast_rcnn_inference(boxes, scores, image_sizes, score_thresh, nms_thresh, topk)[0]
 
     @torch.no_grad()
     def _match_and_label_boxes(self, proposals, stage, targets):
@@ -162,20 +175,13 @@ class CascadeROIHeads(StandardROIHeads):
         storage.put_scalar(f"stage{stage}/roi_head/num_bg_samples", sum(num_bg) / len(num_bg))
         return proposals
 
-    def _run_stage(self, features, proposals, stage):
-        """Class logits and deltas of one stage. Gradients into the shared features are scaled
-        by 1/stages: equivalent to averaging the stage losses while keeping each head's own
-        gradient at full strength."""
-        pooled = self.box_pooler(features, [p.proposal_boxes for p in proposals])
-        pooled = _ScaleGradient.apply(pooled, 1.0 / self.num_cascade_stages)
-        return self.box_predictor[stage](self.box_head[stage](pooled))
-
-    def _create_proposals_from_boxes(self, boxes, image_sizes):
+    def _create_proposals_from_boxes(self, boxes: List[torch.Tensor],
+                                     image_sizes: List[Tuple[int, int]]) -> List[Instances]:
         """Detached, clipped boxes as the next stage's proposals; empty ones are dropped in
         training only (at inference every stage must score the same regions)."""
-        proposals = []
-        for per_image, size in zip(boxes, image_sizes):
-            per_image = Boxes(per_image.detach())
+        proposals: List[Instances] = []
+        for tensor, size in zip(boxes, image_sizes):
+            per_image = Boxes(tensor.detach())
             per_image.clip(size)
             if self.training:
                 per_image = per_image[per_image.nonempty()]
