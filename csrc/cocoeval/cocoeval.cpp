@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 
 namespace detzoo {
@@ -1849,52 +1850,56 @@ T scalar_value(PyObject* obj) {
 
 NumpyScalarTypes numpy_scalars;
 
-// The value of a numpy scalar as a double, or false if `obj` is no numpy scalar read here.
-bool numpy_scalar(PyObject* obj, double* out) {
+// Calls `use` with the value of a numpy scalar in its own C type (bool for numpy.bool_) and
+// returns what `use` returns; false if `obj` is no numpy scalar read here.
+template <typename Use>
+bool visit_numpy_scalar(PyObject* obj, Use&& use) {
   for (const auto& entry : numpy_scalars.types) {
     if (Py_TYPE(obj) != entry.first) continue;
     switch (entry.second) {
-      case ScalarKind::kInt8: *out = scalar_value<int8_t>(obj); return true;
-      case ScalarKind::kInt16: *out = scalar_value<int16_t>(obj); return true;
-      case ScalarKind::kInt32: *out = scalar_value<int32_t>(obj); return true;
-      case ScalarKind::kInt64: *out = static_cast<double>(scalar_value<int64_t>(obj)); return true;
-      case ScalarKind::kUInt8: *out = scalar_value<uint8_t>(obj); return true;
-      case ScalarKind::kUInt16: *out = scalar_value<uint16_t>(obj); return true;
-      case ScalarKind::kUInt32: *out = scalar_value<uint32_t>(obj); return true;
-      case ScalarKind::kUInt64: *out = static_cast<double>(scalar_value<uint64_t>(obj)); return true;
-      case ScalarKind::kBool: *out = scalar_value<uint8_t>(obj) != 0; return true;
-      case ScalarKind::kFloat32: *out = scalar_value<float>(obj); return true;
+      case ScalarKind::kInt8: return use(scalar_value<int8_t>(obj));
+      case ScalarKind::kInt16: return use(scalar_value<int16_t>(obj));
+      case ScalarKind::kInt32: return use(scalar_value<int32_t>(obj));
+      case ScalarKind::kInt64: return use(scalar_value<int64_t>(obj));
+      case ScalarKind::kUInt8: return use(scalar_value<uint8_t>(obj));
+      case ScalarKind::kUInt16: return use(scalar_value<uint16_t>(obj));
+      case ScalarKind::kUInt32: return use(scalar_value<uint32_t>(obj));
+      case ScalarKind::kUInt64: return use(scalar_value<uint64_t>(obj));
+      case ScalarKind::kBool: return use(scalar_value<uint8_t>(obj) != 0);
+      case ScalarKind::kFloat32: return use(scalar_value<float>(obj));
     }
   }
   return false;
 }
 
-// A Python int, or a numpy integer scalar, that fits int64.
+// The value of a numpy scalar as a double, or false if `obj` is no numpy scalar read here.
+bool numpy_scalar(PyObject* obj, double* out) {
+  return visit_numpy_scalar(obj, [out](auto value) {
+    *out = static_cast<double>(value);
+    return true;
+  });
+}
+
+// A Python int, or a numpy integer scalar, that fits int64. pycocotools would not take a
+// float or bool as an id either.
 bool plain_int64(PyObject* obj, int64_t* out) {
   if (PyLong_CheckExact(obj)) {
     int overflow = 0;
     *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
     return overflow == 0;
   }
-  for (const auto& entry : numpy_scalars.types) {
-    if (Py_TYPE(obj) != entry.first) continue;
-    switch (entry.second) {
-      case ScalarKind::kInt8: *out = scalar_value<int8_t>(obj); return true;
-      case ScalarKind::kInt16: *out = scalar_value<int16_t>(obj); return true;
-      case ScalarKind::kInt32: *out = scalar_value<int32_t>(obj); return true;
-      case ScalarKind::kInt64: *out = scalar_value<int64_t>(obj); return true;
-      case ScalarKind::kUInt8: *out = scalar_value<uint8_t>(obj); return true;
-      case ScalarKind::kUInt16: *out = scalar_value<uint16_t>(obj); return true;
-      case ScalarKind::kUInt32: *out = scalar_value<uint32_t>(obj); return true;
-      case ScalarKind::kUInt64: {
-        const uint64_t value = scalar_value<uint64_t>(obj);
-        *out = static_cast<int64_t>(value);
-        return value <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  return visit_numpy_scalar(obj, [out](auto value) {
+    using T = decltype(value);
+    if constexpr (std::is_same_v<T, bool> || std::is_floating_point_v<T>) {
+      return false;
+    } else {
+      if constexpr (std::is_same_v<T, uint64_t>) {
+        if (value > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
       }
-      default: return false;  // pycocotools would not take a float or bool as an id either
+      *out = static_cast<int64_t>(value);
+      return true;
     }
-  }
-  return false;
+  });
 }
 
 // float (numpy.float64 included: it subclasses float), int or numpy number, as pycocotools'
