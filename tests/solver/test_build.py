@@ -112,6 +112,31 @@ def test_adamw_matches_torch():
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_fused_step_matches_torch_and_clipping_turns_it_off(name):
+    torch.manual_seed(0)
+    model, reference = nn.Linear(4, 3), nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    cfg = _cfg(WEIGHT_DECAY=0.01, MOMENTUM=0.9, NESTEROV=True)
+    cfg.SOLVER.OPTIMIZER = name
+    opt = build_optimizer(cfg, model)
+    assert opt.defaults["fused"] is True
+    if name == "SGD":
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    else:
+        ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.1, weight_decay=0.01)
+    x = torch.randn(6, 4)
+    for _ in range(4):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    assert not build_optimizer(cfg, model).defaults["fused"]
+
+
 def test_unknown_optimizer_and_empty_model():
     cfg = _cfg()
     cfg.SOLVER.OPTIMIZER = "Lion"
