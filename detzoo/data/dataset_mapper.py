@@ -1,5 +1,4 @@
 """The default mapper from a dataset dict (Detectron2's dataset format) to a model input dict."""
-import copy
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -137,7 +136,7 @@ class DatasetMapper:
             dict: the input's keys plus "image" (Tensor[C, H, W], the transformed image in
             `image_format`), and as available "sem_seg", "proposals", "instances".
         """
-        dataset_dict = copy.deepcopy(dataset_dict)
+        dataset_dict = _copy_for_mapping(dataset_dict)
         image = self._read_image(dataset_dict)
         utils.check_image_size(dataset_dict, image)
         sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
@@ -162,3 +161,16 @@ class DatasetMapper:
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def _copy_for_mapping(dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a record that the mapper may change without touching the original: the
+    record and each annotation dict are copied, their values are shared. The mapper only
+    sets, replaces and pops keys at those two levels; the values inside (polygons, keypoints,
+    boxes, RLEs, proposals) are read into new arrays before anything moves them. Copying
+    everything (`copy.deepcopy`) cost a third of the mapping time of a shapes image, most of
+    it spent on the floats of polygon lists."""
+    copied = dict(dataset_dict)
+    if "annotations" in copied:
+        copied["annotations"] = [dict(obj) for obj in copied["annotations"]]
+    return copied

@@ -151,6 +151,49 @@ def test_precomputed_proposals(record):
     assert "proposal_boxes" not in out
 
 
+class _ShiftInPlace(T.Transform):
+    """Moves coordinates by one pixel, writing into the array it is given."""
+
+    def apply_image(self, img):
+        return img
+
+    def apply_coords(self, coords):
+        coords += 1.0
+        return coords
+
+
+def _equal(a, b):
+    """Deep equality of records whose values may be numpy arrays."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_record_with_arrays_survives_an_in_place_transform(record, is_train):
+    record, _, _ = record
+    for obj in record["annotations"]:  # numpy values where lists were: the mapper must not write into them
+        obj["segmentation"] = [np.array(p, dtype=np.float64) for p in obj["segmentation"]]
+        obj["keypoints"] = np.array(obj["keypoints"], dtype=np.float64)
+    record["proposal_boxes"] = np.array([[0, 0, 10, 10], [20, 5, 30, 15]], dtype=np.float64)
+    record["proposal_objectness_logits"] = np.array([0.9, 0.5], dtype=np.float32)
+    record["proposal_bbox_mode"] = BoxMode.XYXY_ABS
+    original = copy.deepcopy(record)
+    mapper = DatasetMapper(is_train, augmentations=[_ShiftInPlace()], image_format="BGR", use_instance_mask=True,
+                           use_keypoint=True, precomputed_proposal_topk=2)
+    out = mapper(record)
+    assert _equal(record, original)
+    torch.testing.assert_close(out["proposals"].proposal_boxes.tensor, torch.tensor([[1.0, 1, 11, 11], [21, 6, 31, 16]]))
+    if is_train:
+        torch.testing.assert_close(out["instances"].gt_boxes.tensor, torch.tensor([[6.0, 11, 31, 21], [51, 31, 59, 39]]))
+    mapper(record)  # mapping again gives the same
+    assert _equal(record, original)
+
+
 def test_from_config():
     name = f"test_mapper_{uuid.uuid4().hex[:8]}"
     MetadataCatalog.get(name).set(keypoint_names=["l", "r", "c"], keypoint_flip_map=[("l", "r")])

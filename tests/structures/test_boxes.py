@@ -57,6 +57,17 @@ class TestBoxMode:
         assert xywh == container([5.0, 6.0, 5.0, 6.0])
         assert BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) == box
 
+    def test_single_boxes_match_numpy(self):
+        rng = np.random.default_rng(0)
+        for row in rng.uniform(-50, 500, (20, 4)):
+            box = [float(v) for v in row]
+            np.testing.assert_allclose(BoxMode.convert(box, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS),
+                                       np.concatenate([row[:2], row[:2] + row[2:]]), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(BoxMode.convert(tuple(box), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS),
+                                       np.concatenate([row[:2], row[2:] - row[:2]]), rtol=0, atol=1e-12)
+        with pytest.raises((TypeError, ValueError)):
+            BoxMode.convert(["1", "2", "3", "4"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+
     def test_integer_modes_accepted(self):
         assert BoxMode.convert([1, 2, 3, 4], 0, 1) == [1, 2, 2, 2]
 
