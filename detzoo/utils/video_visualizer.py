@@ -18,6 +18,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from detzoo.structures import Boxes, pairwise_iou
+
 from .colormap import colormap
 from .visualizer import ColorMode, Visualizer, _create_text_labels, _EmptyMetadata
 
@@ -271,15 +273,8 @@ class VideoVisualizer:
 
 
 def _box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """IoU of (M, 4) and (N, 4) XYXY_ABS boxes: (M, N)."""
-    boxes1, boxes2 = boxes1.astype(np.float64), boxes2.astype(np.float64)
-    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area1 = np.clip(boxes1[:, 2:] - boxes1[:, :2], 0, None).prod(axis=1)
-    area2 = np.clip(boxes2[:, 2:] - boxes2[:, :2], 0, None).prod(axis=1)
-    union = area1[:, None] + area2[None, :] - intersection
-    return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
+    """IoU of (M, 4) and (N, 4) XYXY_ABS boxes: (M, N), computed in float32 (`Boxes`)."""
+    return pairwise_iou(Boxes(torch.as_tensor(boxes1)), Boxes(torch.as_tensor(boxes2))).numpy()
 
 
 def _present_segments(panoptic_seg: np.ndarray, segments_info: Optional[List[dict]]) -> List[dict]:
