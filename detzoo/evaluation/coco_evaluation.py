@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
+from typing import Dict
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -222,14 +223,7 @@ class COCOEvaluator(DatasetEvaluator):
             logger.info("Annotations are not available for evaluation.")
             return
         logger.info("Evaluating bbox proposals ...")
-        gt_getter = _coco_gt_boxes_getter(self._coco_api)
-        res = {}
-        for limit in (100, 1000):
-            for area, suffix in _PROPOSAL_AREA_SUFFIXES.items():
-                stats = _evaluate_box_proposals(predictions, gt_getter, area=area, limit=limit)
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        logger.info("Proposal metrics: \n" + create_small_table(res))
-        self._results["box_proposals"] = res
+        self._results["box_proposals"] = _box_proposal_metrics(predictions, _coco_gt_boxes_getter(self._coco_api))
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         """{metric: value} from a summarized COCOeval: the standard metrics (x100, NaN where
@@ -443,6 +437,18 @@ def _encode_masks(masks):
 
 # ---------------------------------------------------------------------------- proposals
 _PROPOSAL_AREA_SUFFIXES = {"all": "", "small": "s", "medium": "m", "large": "l"}
+
+
+def _box_proposal_metrics(predictions, gt_getter) -> Dict[str, float]:
+    """AR@100 and AR@1000 (x100) over all, small, medium and large objects, logged as a table
+    (the COCO and LVIS evaluators' "box_proposals" results)."""
+    res = {}
+    for limit in (100, 1000):
+        for area, suffix in _PROPOSAL_AREA_SUFFIXES.items():
+            stats = _evaluate_box_proposals(predictions, gt_getter, area=area, limit=limit)
+            res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
+    logger.info("Proposal metrics: \n" + create_small_table(res))
+    return res
 _PROPOSAL_AREA_RANGES = {
     "all": (0**2, 1e5**2),
     "small": (0**2, 32**2),

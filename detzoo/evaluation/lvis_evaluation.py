@@ -33,9 +33,8 @@ from detzoo.utils.logger import create_small_table
 
 from .cityscapes_evaluation import _legacy_numpy
 from .coco_evaluation import (
-    _PROPOSAL_AREA_SUFFIXES,
+    _box_proposal_metrics,
     _drop_invalid_results,
-    _evaluate_box_proposals,
     _load_results,
     _require_fast_extension,
     _save_box_proposals,
@@ -189,14 +188,7 @@ class LVISEvaluator(DatasetEvaluator):
             logger.info("Annotations are not available for evaluation.")
             return
         logger.info("Evaluating bbox proposals ...")
-        gt_getter = _lvis_gt_boxes_getter(self._lvis_gt)
-        res = {}
-        for limit in (100, 1000):
-            for area, suffix in _PROPOSAL_AREA_SUFFIXES.items():
-                stats = _evaluate_box_proposals(predictions, gt_getter, area=area, limit=limit)
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        logger.info("Proposal metrics: \n" + create_small_table(res))
-        self._results["box_proposals"] = res
+        self._results["box_proposals"] = _box_proposal_metrics(predictions, _lvis_gt_boxes_getter(self._lvis_gt))
 
 
 def _read_lvis_json(json_file):
