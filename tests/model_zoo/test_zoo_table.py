@@ -28,15 +28,16 @@ def _row(text, config):
 def test_measured_figures_come_from_the_json(zoo_table, tmp_path):
     measured = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
     document = {"cpu": "Test CPU (avx2)", "torch": "9.9", "threads": 2,
-                "results": {measured: {"inference_s_per_im": 1.23456, "train_s_per_iter": 12.345}}}
+                "results": {measured: {"inference_s_per_im": 1.23456, "train_s_per_iter": 12.345,
+                                      "measured": "2026-01-02 03:04"}}}
     json_path = tmp_path / "zoo_cpu.json"
     json_path.write_text(json.dumps(document))
     output = tmp_path / "MODEL_ZOO.md"
     assert zoo_table.main(["--json", str(json_path), "--output", str(output)]) == 0
     text = output.read_text()
     assert "Test CPU (avx2)" in text and "2 threads" in text
-    assert _row(text, measured)[-2:] == ["1.23", "12.3"]
-    assert _row(text, "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml")[-2:] == ["–", "–"]
+    assert _row(text, measured)[-3:] == ["1.23", "12.3", "2026-01-02 03:04"]
+    assert _row(text, "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml")[-3:] == ["–", "–", "–"]
     # published accuracy, model id and download of the same row
     row = _row(text, measured)
     assert "37.9" in row and "137257794" in row

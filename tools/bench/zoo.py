@@ -21,7 +21,9 @@ precomputed proposals for Fast R-CNN. The learning rate is tiny (1e-6) so that e
 iteration sees practically the same weights: a random-weight model trained at the config's
 rate can diverge after a step and change the work (proposal counts) of the next ones.
 
-Results are merged into benchmarks/zoo_cpu.json (read by tools/bench/zoo_table.py to write
+Each entry also records when it was measured ("measured", UTC): the reference machine is a
+virtual machine whose speed drifts between days, so only rows measured close in time compare
+well. Results are merged into benchmarks/zoo_cpu.json (read by tools/bench/zoo_table.py to write
 MODEL_ZOO.md), so runs with --filter accumulate; entries measured on another CPU or with
 another thread count are dropped, since they could not be compared.
 """
@@ -368,6 +370,8 @@ def run(args, output: str = DEFAULT_OUTPUT) -> int:
             failed.append(config)
             print(f"{config}: FAILED\n{traceback.format_exc()}", flush=True)
             continue
+        # The VM's speed drifts between days, so every entry keeps when it was measured.
+        result["measured"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         merge_results(output, {config: result}, threads)  # after each config, so an interrupted run keeps its figures
         print(f"{config:<62s} inference {result['inference_s_per_im']:7.3f} s/im   "
               f"train {result['train_s_per_iter']:7.3f} s/iter", flush=True)

@@ -231,8 +231,8 @@ def checkpoint_cells(name: str) -> List[str]:
 
 def table(section: Section, results: Dict[str, dict]) -> List[str]:
     header = (["config", "lr sched"] + [f"{METRIC_HEADERS[m]} (D2)" for m in section.metrics]
-              + ["model id", "download", "CPU inference (s/im)", "CPU train (s/iter)"])
-    align = [":--", ":-:"] + ["--:"] * len(section.metrics) + ["--:", ":--", "--:", "--:"]
+              + ["model id", "download", "CPU inference (s/im)", "CPU train (s/iter)", "CPU measured (UTC)"])
+    align = [":--", ":-:"] + ["--:"] * len(section.metrics) + ["--:", ":--", "--:", "--:", ":-:"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     several_folders = len({name.split("/")[0] for name in section.configs}) > 1
     for name in section.configs:
@@ -242,7 +242,8 @@ def table(section: Section, results: Dict[str, dict]) -> List[str]:
         cells = ([f"[{label}]({CONFIG_LINK_ROOT}/{name}.yaml)", lr_schedule(name)]
                  + [f"{published[m]:.1f}" if m in published else MISSING for m in section.metrics]
                  + checkpoint_cells(name)
-                 + [seconds(measured.get("inference_s_per_im")), seconds(measured.get("train_s_per_iter"))])
+                 + [seconds(measured.get("inference_s_per_im")), seconds(measured.get("train_s_per_iter")),
+                    measured.get("measured", MISSING)])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -301,7 +302,9 @@ def render(measurements: Optional[dict], json_path: str) -> str:
         "  above, randomly initialised weights: inference is one image at the test size (short side",
         "  INPUT.MIN_SIZE_TEST, 4:3), post-processing included; training is one SGD step on a batch of",
         "  2 images at the largest training size. They compare models on one machine; they are not",
-        "  Detectron2's GPU figures.",
+        "  Detectron2's GPU figures. **CPU measured** says when: the machine is a virtual machine",
+        "  whose speed drifts between days by a third or more (see faster_rcnn_R_50_C4_1x and _3x,",
+        "  the same network measured on two days), so compare rows measured close in time.",
     ]
     for section in SECTIONS:
         lines += ["", f"## {section.title}", ""]
