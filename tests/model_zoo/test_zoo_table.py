@@ -36,6 +36,7 @@ def test_measured_figures_come_from_the_json(zoo_table, tmp_path):
     assert zoo_table.main(["--json", str(json_path), "--output", str(output)]) == 0
     text = output.read_text()
     assert "Test CPU (avx2)" in text and "2 threads" in text
+    assert "measured 2026-01-02 03:04 to 2026-01-02 03:04 UTC" in text
     assert _row(text, measured)[-3:] == ["1.23", "12.3", "2026-01-02 03:04"]
     assert _row(text, "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml")[-3:] == ["–", "–", "–"]
     # published accuracy, model id and download of the same row

@@ -253,9 +253,13 @@ def measured_line(measurements: Optional[dict], json_path: str) -> str:
     if measurements is None:
         return (f"No CPU figures yet: `{shown}` does not exist, so every CPU cell shows {MISSING}. "
                 "Run the two commands above to fill them in.")
+    times = sorted(entry["measured"] for entry in measurements["results"].values() if "measured" in entry)
+    if times:
+        when = f", measured {times[0]} to {times[-1]} UTC"
+    else:
+        when = f", measured {measurements['date']}" if measurements.get("date") else ""
     return (f"CPU figures: **{measurements.get('cpu', 'unknown CPU')}**, "
-            f"{measurements.get('threads', '?')} threads, torch {measurements.get('torch', '?')}"
-            + (f", measured {measurements['date']}" if measurements.get("date") else "")
+            f"{measurements.get('threads', '?')} threads, torch {measurements.get('torch', '?')}" + when
             + f" (`{shown}`, {len(measurements['results'])} configs measured; {MISSING} = not measured).")
 
 
