@@ -6,7 +6,7 @@ import itertools
 import logging
 import pickle
 import random
-from typing import Any, Callable, Iterable, Iterator, List, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -108,6 +108,7 @@ class MapDataset(data.Dataset):
 
 def _rebuild_serialized_list(buffer: torch.Tensor, addr: torch.Tensor) -> "NumpySerializedList":
     obj = NumpySerializedList.__new__(NumpySerializedList)
+    obj._shared = (buffer, addr)
     obj._buffer, obj._addr = buffer.numpy(), addr.numpy()
     return obj
 
@@ -122,7 +123,10 @@ class NumpySerializedList:
     objects: reads unpickle a fresh copy of one item and touch no shared page.
 
     Pickling (spawn / forkserver workers) goes through torch tensors, which torch's
-    multiprocessing moves to shared memory instead of copying.
+    multiprocessing moves to shared memory instead of copying. The first pickling moves both
+    arrays into shared memory once and keeps the tensors for the object's lifetime: a shared
+    tensor made afresh for each pickling would die (closing its file descriptor) before the
+    worker process starts, and the worker would be handed a closed or reused descriptor.
     """
 
     def __init__(self, lst: List[Any]):
@@ -130,6 +134,7 @@ class NumpySerializedList:
         blobs = [np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for x in lst]
         self._addr = np.cumsum([len(b) for b in blobs], dtype=np.int64)
         self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+        self._shared: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # made by the first pickling
         logger.info(f"Serialized dataset takes {len(self._buffer) / 1024**2:.2f} MiB")
 
     def __len__(self) -> int:
@@ -144,7 +149,13 @@ class NumpySerializedList:
         return pickle.loads(memoryview(self._buffer[start:int(self._addr[idx])]))
 
     def __reduce__(self):
-        return _rebuild_serialized_list, (torch.from_numpy(self._buffer), torch.from_numpy(self._addr))
+        if self._shared is None:
+            buffer, addr = torch.from_numpy(self._buffer), torch.from_numpy(self._addr)
+            # Both move into shared memory (copied once); reads then go to the shared copies and
+            # the private arrays are freed.
+            self._shared = (buffer.share_memory_(), addr.share_memory_())
+            self._buffer, self._addr = buffer.numpy(), addr.numpy()
+        return _rebuild_serialized_list, self._shared
 
 
 _DEFAULT_SERIALIZE_METHOD: Callable[[list], Any] = NumpySerializedList

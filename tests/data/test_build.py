@@ -96,6 +96,20 @@ class TestDatasetFromList:
             assert [clone[i]["id"] for i in range(10)] == list(range(10))
             assert isinstance(clone._lst._buffer, np.ndarray)
 
+    def test_spawned_loader_workers_read_the_shared_buffer(self):
+        # Under `launch` the trainer runs in a spawned process, so its loader workers are
+        # spawned too and receive the dataset pickled through shared memory.
+        items = [{"id": i, "boxes": np.full((i % 5, 4), i, dtype=np.float32)} for i in range(24)]
+        ds = DatasetFromList(items)
+        loader = torchdata.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+        for _ in range(2):  # a second epoch pickles the dataset again for new workers
+            got = sorted(list(loader), key=lambda d: d["id"])
+            assert [d["id"] for d in got] == list(range(24))
+            for d, item in zip(got, items):
+                np.testing.assert_array_equal(d["boxes"], item["boxes"])
+        # the parent now reads from the shared copy
+        assert [ds[i]["id"] for i in range(24)] == list(range(24))
+
     def test_unserialized_copy_semantics_and_custom_method(self):
         items = [{"a": [1]}, {"a": [2]}]
         copied = DatasetFromList(items, copy=True, serialize=False)
