@@ -172,17 +172,7 @@ class BottleneckBlock(_ResidualBlock):
             bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
-        self.conv2 = Conv2d(
-            bottleneck_channels,
-            bottleneck_channels,
-            kernel_size=3,
-            stride=stride_3x3,
-            padding=dilation,
-            bias=False,
-            groups=num_groups,
-            dilation=dilation,
-            norm=get_norm(norm, bottleneck_channels),
-        )
+        self.conv2 = self._make_conv2(bottleneck_channels, stride_3x3, num_groups, dilation, norm)
         self.conv3 = Conv2d(
             bottleneck_channels,
             out_channels,
@@ -194,13 +184,18 @@ class BottleneckBlock(_ResidualBlock):
         # (Goyal et al. 2017) was found to hurt GN models trained from scratch.
         _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
 
+    def _make_conv2(self, channels: int, stride: int, num_groups: int, dilation: int, norm) -> nn.Module:
+        """The 3x3 conv, `channels` in and out."""
+        return Conv2d(channels, channels, kernel_size=3, stride=stride, padding=dilation, bias=False,
+                      groups=num_groups, dilation=dilation, norm=get_norm(norm, channels))
+
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
         out = F.relu_(self.conv2(out))
         return self.conv3(out)
 
 
-class DeformBottleneckBlock(_ResidualBlock):
+class DeformBottleneckBlock(BottleneckBlock):
     """`BottleneckBlock` whose 3x3 conv is a deformable conv (v1), or a modulated deformable
     conv (v2) when `deform_modulated`; a plain 3x3 conv `conv2_offset` predicts the offsets
     (and masks) from the block's own features."""
@@ -226,52 +221,26 @@ class DeformBottleneckBlock(_ResidualBlock):
             deform_num_groups: number of offset groups of the deformable conv.
             Others: as in `BottleneckBlock`.
         """
-        super().__init__(in_channels, out_channels, stride)
+        # Read by `_make_conv2` during BottleneckBlock's construction.
         self.deform_modulated = deform_modulated
-        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
-        stride_1x1, stride_3x3 = _bottleneck_strides(stride, stride_in_1x1)
-        self.conv1 = Conv2d(
-            in_channels,
-            bottleneck_channels,
-            kernel_size=1,
-            stride=stride_1x1,
-            bias=False,
-            norm=get_norm(norm, bottleneck_channels),
-        )
-        # Per offset group and 3x3 kernel tap: (dy, dx), plus a mask value when modulated.
-        values_per_tap = 3 if deform_modulated else 2
-        self.conv2_offset = Conv2d(
-            bottleneck_channels,
-            values_per_tap * 9 * deform_num_groups,
-            kernel_size=3,
-            stride=stride_3x3,
-            padding=dilation,
-            dilation=dilation,
-        )
-        deform_conv_class = ModulatedDeformConv if deform_modulated else DeformConv
-        self.conv2 = deform_conv_class(
-            bottleneck_channels,
-            bottleneck_channels,
-            kernel_size=3,
-            stride=stride_3x3,
-            padding=dilation,
-            bias=False,
-            groups=num_groups,
-            dilation=dilation,
-            deformable_groups=deform_num_groups,
-            norm=get_norm(norm, bottleneck_channels),
-        )
-        self.conv3 = Conv2d(
-            bottleneck_channels,
-            out_channels,
-            kernel_size=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
+        self._deform_num_groups = deform_num_groups
+        super().__init__(in_channels, out_channels, bottleneck_channels=bottleneck_channels, stride=stride,
+                         num_groups=num_groups, norm=norm, stride_in_1x1=stride_in_1x1, dilation=dilation)
         # Zero offsets (and masks of sigmoid(0) = 0.5) at the start: a regular grid.
         nn.init.zeros_(self.conv2_offset.weight)
         nn.init.zeros_(self.conv2_offset.bias)
+
+    def _make_conv2(self, channels: int, stride: int, num_groups: int, dilation: int, norm) -> nn.Module:
+        """The deformable 3x3 conv; registers its offset predictor `conv2_offset` first (Detectron2's
+        parameter order)."""
+        # Per offset group and 3x3 kernel tap: (dy, dx), plus a mask value when modulated.
+        values_per_tap = 3 if self.deform_modulated else 2
+        self.conv2_offset = Conv2d(channels, values_per_tap * 9 * self._deform_num_groups, kernel_size=3,
+                                   stride=stride, padding=dilation, dilation=dilation)
+        deform_conv_class = ModulatedDeformConv if self.deform_modulated else DeformConv
+        return deform_conv_class(channels, channels, kernel_size=3, stride=stride, padding=dilation, bias=False,
+                                 groups=num_groups, dilation=dilation, deformable_groups=self._deform_num_groups,
+                                 norm=get_norm(norm, channels))
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
