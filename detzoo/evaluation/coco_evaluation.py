@@ -48,7 +48,62 @@ _METRIC_NAMES = {
 }
 
 
-class COCOEvaluator(DatasetEvaluator):
+class _InstancesEvaluator(DatasetEvaluator):
+    """What the COCO and LVIS evaluators share: per image, the predicted instances in COCO's
+    results format and/or the proposals, gathered onto the main process and saved.
+
+    Subclasses set `_distributed`, `_output_dir` and `_cpu_device`.
+    """
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        """
+        Args:
+            inputs (list[dict]): one dict per image with at least "image_id".
+            outputs (list[dict]): the model's outputs, with "instances" (pred_boxes XYXY_ABS,
+                scores, pred_classes, optionally pred_masks Tensor[N, H, W] and pred_keypoints
+                Tensor[N, K, 3]) and/or "proposals" (proposal_boxes, objectness_logits).
+        """
+        for input, output in zip(inputs, outputs):
+            prediction = {"image_id": input["image_id"]}
+            if "instances" in output:
+                instances = output["instances"].to(self._cpu_device)
+                prediction["instances"] = instances_to_coco_json(instances, input["image_id"])
+            if "proposals" in output:
+                prediction["proposals"] = output["proposals"].to(self._cpu_device)
+            if len(prediction) > 1:
+                self._predictions.append(prediction)
+
+    def _save_results(self, results, file_name):
+        """Write `results` (a list of dicts in the results format) as JSON to output_dir/file_name."""
+        if self._output_dir:
+            file_path = os.path.join(self._output_dir, file_name)
+            logger.info(f"Saving results to {file_path}")
+            with PathManager.open(file_path, "w") as f:
+                f.write(json.dumps(results))
+
+    def _gathered_predictions(self):
+        """All processes' predictions on the main process, also saved as
+        `output_dir/instances_predictions.pth`; None on the other processes."""
+        predictions = self._predictions
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            if not comm.is_main_process():
+                return None
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
+                torch.save(predictions, f)
+        if not predictions:
+            logger.warning(f"{type(self).__name__}: received no predictions for {self._dataset_name!r}; "
+                           "every AP is 0")
+        return predictions
+
+
+class COCOEvaluator(_InstancesEvaluator):
     """AP of boxes, masks and keypoints, and AR of proposals, with COCO's metrics.
 
     Works for COCO and for any registered dataset in Detectron2's format: a dataset without
@@ -120,27 +175,6 @@ class COCOEvaluator(DatasetEvaluator):
         self._metadata.json_file = cache_path
         convert_to_coco_json(dataset_name, cache_path, allow_cached=allow_cached)
 
-    def reset(self):
-        self._predictions = []
-
-    def process(self, inputs, outputs):
-        """
-        Args:
-            inputs (list[dict]): one dict per image with at least "image_id".
-            outputs (list[dict]): the model's outputs, with "instances" (pred_boxes XYXY_ABS,
-                scores, pred_classes, optionally pred_masks Tensor[N, H, W] and pred_keypoints
-                Tensor[N, K, 3]) and/or "proposals" (proposal_boxes, objectness_logits).
-        """
-        for input, output in zip(inputs, outputs):
-            prediction = {"image_id": input["image_id"]}
-            if "instances" in output:
-                instances = output["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, input["image_id"])
-            if "proposals" in output:
-                prediction["proposals"] = output["proposals"].to(self._cpu_device)
-            if len(prediction) > 1:
-                self._predictions.append(prediction)
-
     def evaluate(self, img_ids=None):
         """
         Args:
@@ -149,30 +183,15 @@ class COCOEvaluator(DatasetEvaluator):
         Returns:
             OrderedDict: task -> {metric: value}; {} on processes other than the main one.
         """
-        predictions = self._gather_predictions()
+        predictions = self._gathered_predictions()
         if predictions is None:
             return {}
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
-                torch.save(predictions, f)
-
         self._results = OrderedDict()
-        if not predictions:
-            logger.warning(f"COCOEvaluator: received no predictions for {self._dataset_name!r}; every AP is 0")
         if predictions and "proposals" in predictions[0]:
             self._eval_box_proposals(predictions)
         if not predictions or "instances" in predictions[0]:
             self._eval_predictions(predictions, img_ids=img_ids)
         return copy.deepcopy(self._results)
-
-    def _gather_predictions(self):
-        """All processes' predictions on the main process; None elsewhere."""
-        if not self._distributed:
-            return self._predictions
-        comm.synchronize()
-        predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-        return predictions if comm.is_main_process() else None
 
     def _tasks_from_predictions(self, coco_results):
         tasks = {"bbox"}
@@ -191,11 +210,7 @@ class COCOEvaluator(DatasetEvaluator):
         _map_to_dataset_category_ids(coco_results, self._metadata, self._coco_api)
         coco_results = _drop_invalid_results(coco_results, self._coco_api.getImgIds(), self._dataset_name)
 
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info(f"Saving results to {file_path}")
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
+        self._save_results(coco_results, "coco_instances_results.json")
         if not self._do_evaluation:
             logger.info("Annotations are not available for evaluation.")
             return

@@ -27,20 +27,18 @@ from pycocotools.coco import COCO
 
 from detzoo.config import CfgNode
 from detzoo.data import MetadataCatalog
-from detzoo.utils import comm
 from detzoo.utils.file_io import PathManager
 from detzoo.utils.logger import create_small_table
 
 from .cityscapes_evaluation import _legacy_numpy
 from .coco_evaluation import (
+    _InstancesEvaluator,
     _box_proposal_metrics,
     _drop_invalid_results,
     _load_results,
     _require_fast_extension,
     _save_box_proposals,
-    instances_to_coco_json,
 )
-from .evaluator import DatasetEvaluator
 from .fast_eval_api import COCOeval_opt
 
 __all__ = ["LVISEvaluator"]
@@ -56,7 +54,7 @@ _FREQUENCIES = ("r", "c", "f")
 _HUGE = 1e7
 
 
-class LVISEvaluator(DatasetEvaluator):
+class LVISEvaluator(_InstancesEvaluator):
     """Box / mask AP (and proposal AR) on LVIS, with LVIS's metrics and federated rules."""
 
     def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *, max_dets_per_image=None,
@@ -100,21 +98,6 @@ class LVISEvaluator(DatasetEvaluator):
         # Test-set files have no annotations: their results are for the evaluation server.
         self._do_evaluation = len(self._lvis_gt.get("annotations", [])) > 0
 
-    def reset(self):
-        self._predictions = []
-
-    def process(self, inputs, outputs):
-        """Same inputs and outputs as COCOEvaluator.process."""
-        for input, output in zip(inputs, outputs):
-            prediction = {"image_id": input["image_id"]}
-            if "instances" in output:
-                instances = output["instances"].to(self._cpu_device)
-                prediction["instances"] = instances_to_coco_json(instances, input["image_id"])
-            if "proposals" in output:
-                prediction["proposals"] = output["proposals"].to(self._cpu_device)
-            if len(prediction) > 1:
-                self._predictions.append(prediction)
-
     def evaluate(self):
         """
         Returns:
@@ -122,20 +105,10 @@ class LVISEvaluator(DatasetEvaluator):
             "APf"} on a 0-100 scale (NaN: cannot be computed, e.g. APr without rare
             categories); {} on processes other than the main one.
         """
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
-        else:
-            predictions = self._predictions
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "instances_predictions.pth"), "wb") as f:
-                torch.save(predictions, f)
+        predictions = self._gathered_predictions()
+        if predictions is None:
+            return {}
         self._results = OrderedDict()
-        if not predictions:
-            logger.warning(f"LVISEvaluator: received no predictions for {self._dataset_name!r}; every AP is 0")
         if predictions and "proposals" in predictions[0]:
             self._eval_box_proposals(predictions)
         if not predictions or "instances" in predictions[0]:
@@ -149,11 +122,7 @@ class LVISEvaluator(DatasetEvaluator):
         self._map_category_ids(lvis_results)
         known_images = [img["id"] for img in self._lvis_gt["images"]]
         lvis_results = _drop_invalid_results(lvis_results, known_images, self._dataset_name)
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
-            logger.info(f"Saving results to {file_path}")
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(lvis_results))
+        self._save_results(lvis_results, "lvis_instances_results.json")
         if not self._do_evaluation:
             logger.info("Annotations are not available for evaluation.")
             return

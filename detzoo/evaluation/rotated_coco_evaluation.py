@@ -1,9 +1,7 @@
 """COCO box AP for rotated boxes (XYWHA_ABS), e.g. of RotatedRCNN: COCO's metrics with the IoU of
 rotated boxes (the angle enters only through the overlap, as in Detectron2)."""
 import itertools
-import json
 import logging
-import os
 
 import numpy as np
 import torch
@@ -11,7 +9,6 @@ from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from detzoo.structures import BoxMode, RotatedBoxes, pairwise_iou_rotated
-from detzoo.utils.file_io import PathManager
 
 from .coco_evaluation import COCOEvaluator, _drop_invalid_results, _load_results, _map_to_dataset_category_ids
 
@@ -108,11 +105,7 @@ class RotatedCOCOEvaluator(COCOEvaluator):
         coco_results = list(itertools.chain(*[p.get("instances", []) for p in predictions]))
         _map_to_dataset_category_ids(coco_results, self._metadata, self._coco_api)
         coco_results = _drop_invalid_results(coco_results, self._coco_api.getImgIds(), self._dataset_name)
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info(f"Saving results to {file_path}")
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
+        self._save_results(coco_results, "coco_instances_results.json")
         if not self._do_evaluation:
             logger.info("Annotations are not available for evaluation.")
             return
