@@ -59,6 +59,21 @@ class CityscapesEvaluator(DatasetEvaluator):
             self._working_dir.cleanup()
             self._working_dir = None
 
+    def _script_args(self, script):
+        """Once every process has written its predictions: on the main process, the arguments of
+        the cityscapesscripts evaluation module `script`, pointed at them; None elsewhere."""
+        comm.synchronize()
+        if comm.get_rank() > 0:
+            return None
+        logger.info(f"Evaluating results under {self._temp_dir} ...")
+        args = script.args
+        args.predictionPath = os.path.abspath(self._temp_dir)
+        args.predictionWalk = None
+        args.JSONOutput = False
+        args.colorized = False
+        args.quiet = True
+        return args
+
     def _ground_truth_files(self, pattern):
         """The ground-truth files matching `pattern` under gt_dir/<city>/ that have a prediction;
         the others are left out with a warning."""
@@ -166,18 +181,11 @@ class CityscapesInstanceEvaluator(CityscapesEvaluator):
         Returns:
             dict: {"segm": {"AP", "AP50"}} (x100) on the main process; {} elsewhere.
         """
-        comm.synchronize()
-        if comm.get_rank() > 0:
-            return {}
         import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cityscapes_eval
 
-        logger.info(f"Evaluating results under {self._temp_dir} ...")
-        args = cityscapes_eval.args
-        args.predictionPath = os.path.abspath(self._temp_dir)
-        args.predictionWalk = None
-        args.JSONOutput = False
-        args.colorized = False
-        args.quiet = True
+        args = self._script_args(cityscapes_eval)
+        if args is None:
+            return {}
         args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
         gt_files = self._ground_truth_files("*_gtFine_instanceIds.png")
         with _running_cityscapes_script(cityscapes_eval, self._temp_dir):
@@ -221,18 +229,11 @@ class CityscapesSemSegEvaluator(CityscapesEvaluator):
             dict: {"sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup"}} (x100) on the main
             process; {} elsewhere.
         """
-        comm.synchronize()
-        if comm.get_rank() > 0:
-            return {}
         import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cityscapes_eval
 
-        logger.info(f"Evaluating results under {self._temp_dir} ...")
-        args = cityscapes_eval.args
-        args.predictionPath = os.path.abspath(self._temp_dir)
-        args.predictionWalk = None
-        args.JSONOutput = False
-        args.colorized = False
-        args.quiet = True
+        args = self._script_args(cityscapes_eval)
+        if args is None:
+            return {}
         gt_files = self._ground_truth_files("*_gtFine_labelIds.png")
         with _running_cityscapes_script(cityscapes_eval, self._temp_dir):
             predictions = [cityscapes_eval.getPrediction(args, gt) for gt in gt_files]
