@@ -52,7 +52,7 @@ class _InstancesEvaluator(DatasetEvaluator):
     """What the COCO and LVIS evaluators share: per image, the predicted instances in COCO's
     results format and/or the proposals, gathered onto the main process and saved.
 
-    Subclasses set `_distributed`, `_output_dir` and `_cpu_device`.
+    Subclasses set `_dataset_name`, `_distributed`, `_output_dir` and `_cpu_device`.
     """
 
     def reset(self):
